@@ -1,0 +1,169 @@
+"""Local and remote (``s3://``) storage through fsspec.
+
+Every path in rhapso-gpu is a *location*: a local path or an fsspec URL. This
+module is the one place that turns locations into file systems, joins them,
+and writes files atomically.
+
+S3 credentials follow the usual AWS chain (environment, profile, instance
+role). Set ``RHAPSO_S3_ANON=1`` to read public buckets without credentials, and
+``AWS_ENDPOINT_URL`` to talk to an S3-compatible server.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from typing import Any
+
+import fsspec
+from fsspec.core import split_protocol
+
+from rhapso_gpu.errors import UserError
+
+N_BACKUPS = 5
+"""Rolling backups kept by :func:`write_with_backups` (``~1`` newest .. ``~5``), as BigStitcher does."""
+
+
+def is_remote(location: str) -> bool:
+    """True when ``location`` names a remote store (it has a protocol other than ``file``)."""
+    protocol, _ = split_protocol(str(location))
+    return protocol not in (None, "file", "local")
+
+
+def default_storage_options(location: str) -> dict[str, Any]:
+    """Storage options for ``location`` taken from the environment (``RHAPSO_S3_ANON``)."""
+    protocol, _ = split_protocol(str(location))
+    options: dict[str, Any] = {}
+    if protocol in ("s3", "s3a") and os.environ.get("RHAPSO_S3_ANON", "").lower() in ("1", "true", "yes"):
+        options["anon"] = True
+    return options
+
+
+def get_fs(location: str, storage_options: dict[str, Any] | None = None):
+    """Return ``(filesystem, path)`` for a location.
+
+    Parameters
+    ----------
+    location : str
+        Local path or fsspec URL such as ``s3://bucket/key``.
+    storage_options : dict, optional
+        Passed to the fsspec file system (for example ``anon`` or
+        ``client_kwargs={"endpoint_url": ...}``). Defaults come from
+        :func:`default_storage_options`.
+    """
+    location = str(location)
+    options = default_storage_options(location) if storage_options is None else storage_options
+    if is_remote(location):
+        fs, path = fsspec.core.url_to_fs(location, **options)
+        return fs, path
+    return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(location))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts to a local path or URL, keeping the protocol of ``base``."""
+    base = str(base)
+    if is_remote(base):
+        protocol, rest = split_protocol(base)
+        return f"{protocol}://" + posixpath.join(rest, *parts)
+    return os.path.join(base, *parts)
+
+
+def parent(location: str) -> str:
+    """The folder that holds ``location`` (a local path or a URL)."""
+    location = str(location)
+    if is_remote(location):
+        protocol, rest = split_protocol(location)
+        return f"{protocol}://" + posixpath.dirname(rest.rstrip("/"))
+    return os.path.dirname(os.path.abspath(os.path.expanduser(location)))
+
+
+def is_absolute(path: str) -> bool:
+    """True for absolute local paths and for URLs."""
+    return is_remote(path) or os.path.isabs(os.path.expanduser(path))
+
+
+def read_bytes(location: str, storage_options: dict[str, Any] | None = None, what: str = "file") -> bytes:
+    """Read a whole file; a missing file is a :class:`UserError` naming it."""
+    fs, path = get_fs(location, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UserError(f"{location}: {what} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{location}: is a folder, expected a {what}") from None
+    except PermissionError:
+        raise UserError(f"{location}: permission denied reading the {what}") from None
+
+
+def exists(location: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """True when a file or folder exists at ``location``."""
+    fs, path = get_fs(location, storage_options)
+    return fs.exists(path)
+
+
+def write_bytes_atomic(location: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``data`` so that readers see either the old or the new file, never half of one.
+
+    Local files are written to a temporary file in the same folder, flushed to
+    disk and renamed over the target. An S3 PUT is atomic by itself.
+    """
+    fs, path = get_fs(location, storage_options)
+    if is_remote(location):
+        fs.pipe_file(path, data)
+        return
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_with_backups(
+    location: str, data: bytes, storage_options: dict[str, Any] | None = None, n_backups: int = N_BACKUPS
+) -> None:
+    """Atomically replace ``location`` and keep rolling backups ``location~1`` .. ``~n``.
+
+    ``~1`` is the version just replaced, ``~n`` the oldest. The new content is
+    fully written before any backup is rotated, so a failure part way leaves
+    the old file in place.
+    """
+    fs, path = get_fs(location, storage_options)
+    if not fs.exists(path):
+        write_bytes_atomic(location, data, storage_options)
+        return
+    # Stage the new content first: nothing is rotated if this fails.
+    staged = path + ".new"
+    if is_remote(location):
+        fs.pipe_file(staged, data)
+    else:
+        write_bytes_atomic(staged, data, storage_options)
+    for i in range(n_backups - 1, 0, -1):
+        older, newer = f"{path}~{i}", f"{path}~{i + 1}"
+        if fs.exists(older):
+            _move(fs, older, newer, remote=is_remote(location))
+    _copy(fs, path, f"{path}~1", remote=is_remote(location))
+    _move(fs, staged, path, remote=is_remote(location))
+
+
+def _move(fs, src: str, dst: str, remote: bool) -> None:
+    if remote:
+        fs.mv(src, dst)
+    else:
+        os.replace(src, dst)
+
+
+def _copy(fs, src: str, dst: str, remote: bool) -> None:
+    if remote:
+        fs.copy(src, dst)
+    else:
+        write_bytes_atomic(dst, fs.cat_file(src))
