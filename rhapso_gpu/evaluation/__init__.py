@@ -1,0 +1,1 @@
+"""Accuracy of registrations against ground truth."""

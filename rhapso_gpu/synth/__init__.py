@@ -1,0 +1,1 @@
+"""Synthetic tiled datasets with known true poses (ground truth for every later stage)."""
