@@ -103,11 +103,15 @@ def exists(location: str, storage_options: dict[str, Any] | None = None) -> bool
     return fs.exists(path)
 
 
-def write_bytes_atomic(location: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+def write_bytes_atomic(
+    location: str, data: bytes, storage_options: dict[str, Any] | None = None, durable: bool = True
+) -> None:
     """Write ``data`` so that readers see either the old or the new file, never half of one.
 
-    Local files are written to a temporary file in the same folder, flushed to
-    disk and renamed over the target. An S3 PUT is atomic by itself.
+    Local files are written to a temporary file in the same folder and renamed
+    over the target; with ``durable`` the data is flushed to disk first, so it
+    also survives a power cut (documents; chunk writes may skip it for speed).
+    An S3 PUT is atomic by itself.
     """
     fs, path = get_fs(location, storage_options)
     if is_remote(location):
@@ -119,8 +123,9 @@ def write_bytes_atomic(location: str, data: bytes, storage_options: dict[str, An
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,113 @@
+"""Pieces shared by the image loaders (``_zarr_loader``, ``_n5_loader``, ``_tiff_loader``).
+
+* :class:`VolumeReader` and :func:`to_dask`: picklable, lazily opened volume
+  readers that dask reads chunk by chunk. A reader holds only locations and
+  metadata, so a dask graph built on it can be shipped to distributed workers;
+  each worker opens the file itself. Any failure while reading a chunk becomes
+  a :class:`UserError` naming the file.
+* :func:`resolve_location`: a document path resolved against the BasePath.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+import dask.array as da
+import numpy as np
+from fsspec.core import split_protocol
+
+from rhapso_gpu.errors import UserError
+from rhapso_gpu.io import storage
+from rhapso_gpu.io.spimdata import SpimData
+
+
+def resolve_location(spim: SpimData, path: str, path_type: str = "relative") -> str:
+    """Resolve a path of the ``<ImageLoader>`` against the BasePath, without ``.`` or ``..`` parts."""
+    location = spim.resolve(path, path_type)
+    if storage.is_remote(location):
+        protocol, rest = split_protocol(location)
+        return f"{protocol}://{posixpath.normpath(rest)}"
+    return os.path.normpath(location)
+
+
+class LoadedLevel(NamedTuple):
+    """One resolution level as a loader returns it.
+
+    Attributes
+    ----------
+    data_zyx : dask.array.Array
+        Lazy, C order (z, y, x), native dtype.
+    factors_xyz : tuple of float
+        Downsampling factors relative to full resolution (x, y, z).
+    location : str
+        The file, array or dataset the level is read from (for messages).
+    """
+
+    data_zyx: da.Array
+    factors_xyz: tuple[float, float, float]
+    location: str
+
+
+class VolumeReader(ABC):
+    """Base class: a read-only (z, y, x) volume at ``location``.
+
+    Subclasses implement :meth:`_read` for a box given as three step-1
+    slices (z, y, x). Attributes whose names start with ``_`` (open handles,
+    caches) are left out when the reader is pickled.
+
+    Parameters
+    ----------
+    location : str
+        Local path or URL of what is read (named in errors).
+    shape_zyx : tuple of int
+    dtype : numpy.dtype
+        Stored pixel type; the volume delivers it in native byte order.
+    """
+
+    ndim = 3
+
+    def __init__(self, location: str, shape_zyx: tuple[int, int, int], dtype):
+        self.location = str(location)
+        self.shape = tuple(int(v) for v in shape_zyx)
+        self.dtype = np.dtype(dtype).newbyteorder("=")
+
+    @abstractmethod
+    def _read(self, region_zyx: tuple[slice, slice, slice]) -> np.ndarray:
+        """Read the box ``region_zyx`` (three step-1 slices, z, y, x)."""
+
+    def __getitem__(self, region_zyx: tuple[slice, slice, slice]) -> np.ndarray:
+        try:
+            return np.asarray(self._read(tuple(region_zyx)), dtype=self.dtype)
+        except UserError:
+            raise
+        except Exception as err:
+            box = ", ".join(f"{s.start}:{s.stop}" for s in region_zyx)
+            raise UserError(
+                f"{self.location}: cannot read the chunk [{box}] (z, y, x): {type(err).__name__}: {err}"
+            ) from err
+
+    def __dask_tokenize__(self):
+        return (
+            type(self).__name__,
+            self.location,
+            self.shape,
+            self.dtype.str,
+            repr(sorted(self.__getstate__().items())),
+        )
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def to_dask(reader: VolumeReader, chunks_zyx: tuple[int, int, int]) -> da.Array:
+    """A lazy dask array over ``reader`` with the given chunk shape (z, y, x)."""
+    chunks = tuple(max(1, min(int(c), s)) for c, s in zip(chunks_zyx, reader.shape))
+    return da.from_array(
+        reader, chunks=chunks, lock=False, asarray=False, fancy=False, meta=np.empty((0, 0, 0), dtype=reader.dtype)
+    )
