@@ -118,7 +118,7 @@ def open_cluster(
     if spec == "local-cuda":
         yield from _local_cuda_cluster(memory_limit)
         return
-    if spec.startswith("tcp://") or spec.startswith("tls://"):
+    if spec.startswith(("tcp://", "tls://")):
         yield from _remote_cluster(spec, connect_timeout)
         return
     raise UserError(f"--cluster '{spec}': unknown value (expected one of {', '.join(CLUSTER_CHOICES)})")
@@ -128,13 +128,13 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit):
     from distributed import Client, LocalCluster
 
     n = n_workers or _default_workers()
-    kwargs: dict[str, Any] = dict(
-        n_workers=n,
-        threads_per_worker=threads_per_worker,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    )
+    kwargs: dict[str, Any] = {
+        "n_workers": n,
+        "threads_per_worker": threads_per_worker,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+    }
     if memory_limit:
         kwargs["memory_limit"] = memory_limit
     with LocalCluster(**kwargs) as lc, Client(lc, set_as_default=False) as client:
@@ -155,7 +155,7 @@ def _local_cuda_cluster(memory_limit):
         raise UserError("--cluster local-cuda: dask-cuda is not installed (pip install 'rhapso-gpu[gpu]')") from None
     from distributed import Client
 
-    kwargs: dict[str, Any] = {"host": "127.0.0.1", "dashboard_address": None}
+    kwargs: dict[str, Any] = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
     if memory_limit:
         kwargs["memory_limit"] = memory_limit
     with LocalCUDACluster(**kwargs) as lc, Client(lc, set_as_default=False) as client:

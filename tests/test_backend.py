@@ -15,6 +15,7 @@ import cpu_fallback.kernels
 from rhapso_gpu.backend import (
     Backend,
     _registry,
+    _select,
     backend_for_array,
     get_backend,
     gpu_available,
@@ -119,15 +120,22 @@ def test_backend_for_array_does_not_log(caplog):
     assert caplog.records == []
 
 
-def test_chosen_backend_is_logged(caplog):
+@pytest.fixture
+def fresh_log(monkeypatch):
+    """Forget which choices were already logged in this process."""
+    monkeypatch.setattr(_select, "_LOGGED", set())
+
+
+def test_chosen_backend_is_logged_once(caplog, fresh_log):
     with caplog.at_level(logging.INFO, logger="rhapso_gpu"):
         get_backend("numpy")
+        get_backend("numpy")  # tasks ask again for every block: no second line
     [record] = caplog.records
     assert record.name == "rhapso_gpu" and record.levelno == logging.INFO
     assert record.getMessage() == "backend numpy on CPU (NumPy/SciPy) (--backend numpy)"
 
 
-def test_auto_fallback_logs_reason(caplog, cupy_without_gpu):
+def test_auto_fallback_logs_reason(caplog, cupy_without_gpu, fresh_log):
     with caplog.at_level(logging.INFO, logger="rhapso_gpu"):
         get_backend("auto")
     assert [r.getMessage() for r in caplog.records] == [

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dask
 import dask.array as da
@@ -28,16 +29,17 @@ def test_local_kinds_compute_the_same_answer(spec):
 
 
 def test_unknown_spec_is_a_user_error():
-    with pytest.raises(UserError, match="--cluster 'lokal': unknown value"):
-        with open_cluster("lokal"):
-            pass
+    with pytest.raises(UserError, match="--cluster 'lokal': unknown value"), open_cluster("lokal"):
+        pass
 
 
 def test_unreachable_scheduler_is_a_user_error():
     port = _free_port()
-    with pytest.raises(UserError, match=f"tcp://127.0.0.1:{port}: cannot reach"):
-        with open_cluster(f"tcp://127.0.0.1:{port}", connect_timeout=2):
-            pass
+    with (
+        pytest.raises(UserError, match=f"tcp://127.0.0.1:{port}: cannot reach"),
+        open_cluster(f"tcp://127.0.0.1:{port}", connect_timeout=2),
+    ):
+        pass
 
 
 def test_local_cuda_without_gpu_is_a_user_error():
@@ -45,9 +47,8 @@ def test_local_cuda_without_gpu_is_a_user_error():
 
     if gpu_available()[0]:
         pytest.skip("a GPU is present; this checks the message on GPU-less machines")
-    with pytest.raises(UserError, match="local-cuda: no usable CUDA GPU"):
-        with open_cluster("local-cuda"):
-            pass
+    with pytest.raises(UserError, match="local-cuda: no usable CUDA GPU"), open_cluster("local-cuda"):
+        pass
 
 
 def _free_port() -> int:
@@ -61,7 +62,9 @@ def tcp_scheduler(tmp_path):
     """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
+    # the workers import this file's functions by name, so they need its folder on their path
+    pythonpath = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=pythonpath)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),

@@ -56,7 +56,7 @@ def test_drosophila_values():
     assert spim.attribute_entity("angle", 45).field_text("degrees") == "45.0"
     names = [t.name for t in spim.registrations[ViewId(18, 1)]]
     assert names == ["Rotation around axis (1.0, 0.0, 0.0) by 45.0 degrees", "calibration"]
-    ref = [r for r in spim.interest_points if r.view == ViewId(30, 6)][0]
+    ref = next(r for r in spim.interest_points if r.view == ViewId(30, 6))
     assert ref.label == "beads" and ref.path == "tpId_30_viewSetupId_6/beads"
     assert "downsampleXY=4" in ref.params
 
@@ -182,8 +182,8 @@ def test_missing_file(tmp_path):
     [
         (lambda s: s.replace("<affine>1.0 0.0 0.0 56.0 0.0 1.0 0.0 0.0 0.0 0.0 1.0 0.0</affine>",
                              "<affine>1.0 0.0 0.0 56.0</affine>"),
-         '<ViewRegistration timepoint="0" setup="1"> <ViewTransform> \'Translation to Regular Grid\': '
-         "<affine> must hold 12 numbers, got 4"),
+         ('<ViewRegistration timepoint="0" setup="1"> <ViewTransform> \'Translation to Regular Grid\': '
+         "<affine> must hold 12 numbers, got 4")),
         (lambda s: s.replace("<size>64 48 16</size>", "<size>64 48</size>", 1),
          "<ViewSetup> id=0: <size> must hold 3 numbers, got 2"),
         (lambda s: s.replace('<Timepoints type="range">', '<Timepoints type="ranges">'),

@@ -130,7 +130,7 @@ def _cupy_backend() -> Backend:
 
 
 def get_backend(name: str = "auto") -> Backend:
-    """Return the backend named by ``--backend`` and log the choice.
+    """Return the backend named by ``--backend`` and log the choice (once per process).
 
     Parameters
     ----------
@@ -159,8 +159,14 @@ def get_backend(name: str = "auto") -> Backend:
             raise UserError(f"--backend cupy: no usable CUDA GPU ({reason})")
         backend = _cupy_backend() if available else _numpy_backend()
         why = f"--backend {name}: {reason}" if available else f"--backend {name}: no usable CUDA GPU, {reason}"
-    log.info("backend %s on %s (%s)", backend.name, backend.device, why)
+    # Once per process and choice: tasks call this for every block.
+    if (name, backend) not in _LOGGED:
+        _LOGGED.add((name, backend))
+        log.info("backend %s on %s (%s)", backend.name, backend.device, why)
     return backend
+
+
+_LOGGED: set = set()
 
 
 def _is_cupy_array(a) -> bool:

@@ -18,6 +18,7 @@ are kept as :class:`xml.etree.ElementTree.Element` and written back unchanged.
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -73,7 +74,7 @@ class ViewTransform:
         return m
 
     @classmethod
-    def from_matrix(cls, name: str, matrix: np.ndarray) -> "ViewTransform":
+    def from_matrix(cls, name: str, matrix: np.ndarray) -> ViewTransform:
         """Build from a 3x4 or 4x4 matrix (xyz)."""
         m = np.asarray(matrix, dtype=np.float64)
         return cls(name=name, affine=m[:3, :4].copy())
@@ -264,7 +265,8 @@ class SpimData:
         if self.base_path_type == "absolute" or storage.is_absolute(self.base_path):
             return self.base_path
         folder = storage.parent(self.location) if self.location else "."
-        return storage.join(folder, self.base_path)
+        joined = storage.join(folder, self.base_path)
+        return joined if storage.is_remote(joined) else os.path.normpath(joined)
 
     def resolve(self, path: str, path_type: str = "relative") -> str:
         """Resolve a path element of the document against the BasePath."""

@@ -374,7 +374,7 @@ def _read_stitching_results(el: ET.Element, ctx: _Ctx) -> list[PairwiseResult]:
 # writing
 
 
-def format_number(value: float | int) -> str:
+def format_number(value: float) -> str:
     """Format a number as Java's ``Double.toString`` does (BigStitcher's writer).
 
     Integers are written plainly. Floats use the shortest digits that read
@@ -388,7 +388,7 @@ def format_number(value: float | int) -> str:
         return "NaN" if np.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
     if v == 0.0:
         return "-0.0" if np.signbit(v) else "0.0"
-    sign, digits, exponent = Decimal(repr(abs(v))).normalize().as_tuple()
+    _sign, digits, exponent = Decimal(repr(abs(v))).normalize().as_tuple()
     text = "".join(map(str, digits))
     point = len(text) + exponent  # position of the decimal point in ``text``
     prefix = "-" if v < 0 else ""
@@ -423,6 +423,9 @@ def spimdata_to_xml(spim: SpimData) -> bytes:
         "ViewInterestPoints": _write_interest_points,
         "BoundingBoxes": _write_bounding_boxes,
         "StitchingResults": _write_stitching_results,
+        # read documents keep these verbatim (as elements); new documents get them empty
+        "PointSpreadFunctions": lambda root, _: _sub(root, "PointSpreadFunctions"),
+        "IntensityAdjustments": lambda root, _: _sub(root, "IntensityAdjustments"),
     }
     layout = list(spim.layout)
     # Sections the model holds that the layout lacks go at their canonical place.

@@ -1,0 +1,66 @@
+"""Stage parameters: validated pydantic models, from YAML files and command-line overrides.
+
+Each stage declares one model (``extra="forbid"``); the YAML keys and the
+command-line options have the same names (``tile_size`` in YAML is
+``--tile-size`` on the command line). A mistyped key or value is a one-line
+:class:`~rhapso_gpu.errors.UserError` that names the key and suggests the
+nearest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from rhapso_gpu.errors import UserError
+from rhapso_gpu.io import storage
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _describe(model_cls: type[BaseModel], error: dict, source: str) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(error["loc"][-1]), list(model_cls.model_fields), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(model_cls.model_fields)}"
+        return f"{source}: unknown parameter '{key}'{hint}"
+    return f"{source}: parameter '{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def validate_params(model_cls: type[M], values: dict[str, Any], source: str = "parameters") -> M:
+    """Build ``model_cls`` from a dict, turning validation errors into one-line UserErrors."""
+    try:
+        return model_cls.model_validate(values)
+    except ValidationError as e:
+        raise UserError(_describe(model_cls, e.errors()[0], source)) from None
+
+
+def load_params(
+    model_cls: type[M], location: str | None = None, overrides: dict[str, Any] | None = None
+) -> M:
+    """Parameters from an optional YAML file, then command-line overrides (None values are ignored).
+
+    Parameters
+    ----------
+    model_cls : pydantic model class
+    location : str, optional
+        YAML file (local or URL) whose top level maps parameter names to values.
+    overrides : dict, optional
+        Values given on the command line; they win over the file.
+    """
+    values: dict[str, Any] = {}
+    if location:
+        try:
+            loaded = yaml.safe_load(storage.read_bytes(location, what="parameter file")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise UserError(f"{location}: not valid YAML{where}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{location}: expected a mapping of parameter names to values")
+        values.update(loaded)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return validate_params(model_cls, values, source=location or "parameters")
