@@ -211,3 +211,14 @@ def test_demo_runs_from_the_console_script(tmp_path):
     assert "nominal registration error: RMS" in result.stdout
     assert "backend numpy" in result.stderr  # the chosen backend is logged
     assert (tmp_path / "demo" / "dataset.xml").exists() and (tmp_path / "demo" / "ground_truth.json").exists()
+
+
+def test_set_options_are_parsed_as_yaml_values():
+    from rhapso_gpu.errors import UserError
+    from rhapso_gpu.io.params import parse_set_options
+
+    assert parse_set_options(["sigma=1.8", "overlap_only=true", "tiles=[2, 2, 1]", "label=beads"]) == {
+        "sigma": 1.8, "overlap_only": True, "tiles": [2, 2, 1], "label": "beads",
+    }
+    with pytest.raises(UserError, match="--set 'sigma': expected key=value"):
+        parse_set_options(["sigma"])

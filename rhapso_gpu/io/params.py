@@ -64,3 +64,17 @@ def load_params(
         values.update(loaded)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return validate_params(model_cls, values, source=location or "parameters")
+
+
+def parse_set_options(items: list[str] | None, option: str = "--set") -> dict[str, Any]:
+    """Turn ``--set key=value`` options into a dict; values are read as YAML (``3``, ``true``, ``[1, 2]``)."""
+    values: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{option} '{item}': expected key=value")
+        try:
+            values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"{option} '{item}': the value is not valid YAML") from None
+    return values
