@@ -17,7 +17,7 @@ from rhapso_gpu.geometry import (
 from rhapso_gpu.io.spimdata import SpimData, Timepoints, ViewId, ViewSetup, ViewTransform
 from rhapso_gpu.io.spimdata_xml import load_spimdata
 
-FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures" / "bigstitcher-xml"
+FIXTURES = Path(__file__).parent / "data" / "bigstitcher"
 DATA = Path(__file__).parent / "data"
 
 

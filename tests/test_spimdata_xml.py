@@ -20,7 +20,7 @@ from rhapso_gpu.io.spimdata_xml import (
 )
 
 DATA = Path(__file__).parent / "data"
-FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures" / "bigstitcher-xml"
+FIXTURES = Path(__file__).parent / "data" / "bigstitcher"
 REAL_FILES = sorted(FIXTURES.glob("*.xml"))
 HAND_WRITTEN = sorted(DATA.glob("loader_*.xml"))
 
