@@ -148,3 +148,20 @@ def test_missing_remote_image_names_the_url(s3_server):
         match=r"^tp0/setup0: s3://rhapso-test/missing-n5/dataset\.n5/setup0/timepoint0/s0: N5 dataset not found",
     ):
         open_view_levels(remote, ViewId(0, 0), storage_options=s3_server.storage_options)
+
+
+def test_saving_an_xml_on_s3_keeps_rolling_backups(s3_server):
+    spim, _ = dataset("zarr")
+    url = s3_server.url("saved/dataset.xml")
+    versions = []
+    for i in range(7):
+        spim.setups[0].name = f"version {i}"
+        save_spimdata(spim, url, storage_options=s3_server.storage_options)
+        versions.append(load_spimdata(url, storage_options=s3_server.storage_options).setups[0].name)
+    fs = s3fs.S3FileSystem(**s3_server.storage_options)
+    for k in range(1, 6):
+        with fs.open(f"{s3_server.bucket}/saved/dataset.xml~{k}", "rb") as f:
+            assert f"<name>version {6 - k}</name>".encode() in f.read()
+    assert versions == [f"version {i}" for i in range(7)]
+    assert not fs.exists(f"{s3_server.bucket}/saved/dataset.xml~6")
+    assert not fs.exists(f"{s3_server.bucket}/saved/dataset.xml.new")
