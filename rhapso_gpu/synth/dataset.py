@@ -130,29 +130,18 @@ def _make_tile(out_dir: str, plan: TilePlan, params: SynthParams, specimen, fact
 
 
 def _plans_and_specimen(params: SynthParams):
+    errors = {
+        "overlap": params.overlap,
+        "voxel_size_xyz": params.voxel_size,
+        "translation_error": params.translation_error,
+        "rotation_error_deg": params.rotation_error,
+        "affine_error": params.affine_error,
+        "seed": params.seed,
+    }
     if params.content == "nuclei":
         specimen = load_nuclei(seed=params.seed)
-        plans = plan_nuclei_grid(
-            specimen,
-            tiles_xyz=params.tiles,
-            overlap=params.overlap,
-            voxel_size_xyz=params.voxel_size,
-            translation_error=params.translation_error,
-            rotation_error_deg=params.rotation_error,
-            affine_error=params.affine_error,
-            seed=params.seed,
-        )
-        return plans, specimen, np.zeros((0, 3))
-    plans = plan_grid(
-        tiles_xyz=params.tiles,
-        tile_size_xyz=params.tile_size,
-        overlap=params.overlap,
-        voxel_size_xyz=params.voxel_size,
-        translation_error=params.translation_error,
-        rotation_error_deg=params.rotation_error,
-        affine_error=params.affine_error,
-        seed=params.seed,
-    )
+        return plan_nuclei_grid(specimen, tiles_xyz=params.tiles, **errors), specimen, np.zeros((0, 3))
+    plans = plan_grid(tiles_xyz=params.tiles, tile_size_xyz=params.tile_size, **errors)
     lo, hi = plan_extent(plans)
     content = "beads" if params.content == "beads" else "beads+tissue"
     specimen = make_specimen(lo, hi, seed=params.seed, content=content)

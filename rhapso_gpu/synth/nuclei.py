@@ -132,28 +132,12 @@ def nuclei_source(specimen: NucleiSpecimen, backend) -> WorldSource:
     return source
 
 
-def render_nuclei_tile(
-    specimen: NucleiSpecimen,
-    plan: TilePlan,
-    backend,
-    psf_sigma_xyz=(1.0, 1.0, 0.7),
-    background: float = 100.0,
-    photons: float = 2000.0,
-    noise: bool = True,
-    seed: int | None = None,
-) -> np.ndarray:
-    """Image one tile of the nuclei volume (zyx, uint16); parameters as in :func:`render_tile_from`.
+def render_nuclei_tile(specimen: NucleiSpecimen, plan: TilePlan, backend, seed: int | None = None, **imaging) -> np.ndarray:
+    """Image one tile of the nuclei volume (zyx, uint16).
 
-    ``photons`` are the counts for the volume's 99.9th percentile; ``seed``
-    defaults to ``specimen.seed``.
+    ``imaging`` takes the keyword arguments of
+    :func:`~rhapso_gpu.synth.tiles.render_tile_from`; ``photons`` are the
+    counts for the volume's 99.9th percentile. ``seed`` defaults to ``specimen.seed``.
     """
-    return render_tile_from(
-        nuclei_source(specimen, backend),
-        plan,
-        backend,
-        psf_sigma_xyz=psf_sigma_xyz,
-        background=background,
-        photons=photons,
-        noise=noise,
-        seed=specimen.seed if seed is None else seed,
-    )
+    seed = specimen.seed if seed is None else seed
+    return render_tile_from(nuclei_source(specimen, backend), plan, backend, seed=seed, **imaging)

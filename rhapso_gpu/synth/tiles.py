@@ -245,34 +245,17 @@ def specimen_source(specimen: Specimen, backend) -> WorldSource:
     return source
 
 
-def render_tile(
-    specimen: Specimen,
-    plan: TilePlan,
-    backend,
-    psf_sigma_xyz=(1.0, 1.0, 0.7),
-    background: float = 100.0,
-    photons: float = 2000.0,
-    noise: bool = True,
-    seed: int | None = None,
-    max_region_voxels: int = 2**24,
-) -> np.ndarray:
-    """Image one tile of a synthetic specimen (see :func:`render_tile_from`).
+def render_tile(specimen: Specimen, plan: TilePlan, backend, seed: int | None = None, **imaging) -> np.ndarray:
+    """Image one tile of a synthetic specimen (zyx, uint16).
 
-    ``seed`` defaults to ``specimen.seed``; the noise of each tile comes from
-    :func:`tile_seed` ``(seed, plan.view)``, so a tile is the same whether it
-    is rendered alone or with the others.
+    ``imaging`` takes the keyword arguments of :func:`render_tile_from`
+    (``psf_sigma_xyz``, ``background``, ``photons``, ``noise``,
+    ``max_region_voxels``). ``seed`` defaults to ``specimen.seed``; the noise of
+    each tile comes from :func:`tile_seed` ``(seed, plan.view)``, so a tile is
+    the same whether it is rendered alone or with the others.
     """
-    return render_tile_from(
-        specimen_source(specimen, backend),
-        plan,
-        backend,
-        psf_sigma_xyz=psf_sigma_xyz,
-        background=background,
-        photons=photons,
-        noise=noise,
-        seed=specimen.seed if seed is None else seed,
-        max_region_voxels=max_region_voxels,
-    )
+    seed = specimen.seed if seed is None else seed
+    return render_tile_from(specimen_source(specimen, backend), plan, backend, seed=seed, **imaging)
 
 
 def render_tile_from(
