@@ -222,3 +222,11 @@ def test_set_options_are_parsed_as_yaml_values():
     }
     with pytest.raises(UserError, match="--set 'sigma': expected key=value"):
         parse_set_options(["sigma"])
+
+
+def test_the_synth_template_validates_and_matches_the_defaults():
+    from rhapso_gpu.io.params import load_params
+    from rhapso_gpu.synth.dataset import SynthParams
+
+    template = Path(__file__).parents[1] / "params" / "synth.yml"
+    assert load_params(SynthParams, str(template)) == SynthParams()
