@@ -1,0 +1,237 @@
+"""Output voxels per second of CPU fusion for 2 and 4 overlapping views, against Rhapso's fusion.
+
+Builds, in a temporary folder, one dataset per view count: N uint16 views
+(default 300 x 300 x 160 px, xyz) translated by a few pixels and rotated by
+up to 1 degree, written as OME-Zarr. The fused region is a box every view
+covers (default 256 x 256 x 128 output voxels), so each output voxel sees all
+N views; it is cut into 128^3 blocks. For each block, the same work is timed:
+read the overlapping input pixels from the zarr files and fuse with avg-blend.
+
+* rhapso-gpu: :func:`rhapso_gpu.fusion.sources.block_read` and the CPU twin of
+  ``fuse_block`` (numba, one thread), plus the peak traced memory of one block.
+* Rhapso 0.4.5 (``--rhapso-python``, a Python with ``pip install Rhapso`` in a
+  separate venv): ``Rhapso.affine_fusion.fuse_cell.FuseCell.render_fused_block``
+  with the same inverse transforms and blending bounds (b0..b3), in a subprocess.
+* The CUDA kernel compiled for the CPU (one thread, serial over GPU threads),
+  for reference only; it says nothing about GPU speed.
+
+All numbers come from this run, on this CPU. Not a test: nothing is asserted.
+
+Usage: ``.venv/bin/python bench/bench_fusion.py [--rhapso-python /tmp/rhapso-venv/bin/python]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from cpu_fallback.fusion import fuse_block
+from rhapso_gpu.backend.kernels import cpu_emulation
+from rhapso_gpu.backend.kernels.fusion import run_fuse_block
+from rhapso_gpu.fusion.grid import blocks, make_grid
+from rhapso_gpu.fusion.run import _read_region
+from rhapso_gpu.fusion.sources import block_read, view_source
+from rhapso_gpu.io.image_writers import image_loader_element, write_view_levels
+from rhapso_gpu.io.images import open_view_levels
+from rhapso_gpu.io.spimdata import SpimData, Timepoints, ViewId, ViewSetup, ViewTransform
+from rhapso_gpu.io.spimdata_xml import load_spimdata, save_spimdata
+
+BLOCK = 128
+
+RHAPSO_DRIVER = r"""
+import json, sys, time
+import numpy as np
+from Rhapso.affine_fusion.fuse_cell import FuseCell
+job = json.load(open(sys.argv[1]))
+views = {int(k): v for k, v in job["views"].items()}
+instructions = {k: {"inv_t": np.asarray(v["inv_t"]), **{b: np.asarray(v[b], np.float32) for b in ("b0", "b1", "b2", "b3")}}
+                for k, v in views.items()}
+transforms = {k: {"path": v["path"]} for k, v in views.items()}
+passes = []
+for _ in range(job["repeat"]):
+    total = 0.0
+    for block in job["blocks"]:
+        used = {k: None for k in block["views"]}
+        cell = FuseCell(instructions, used, transforms, None, None, None, None, "avg_blend")
+        start = time.perf_counter()
+        cell.render_fused_block(instructions, used, block["min_xyz"], block["max_xyz"])
+        total += time.perf_counter() - start
+    passes.append(total)
+print(json.dumps({"seconds": min(passes)}))
+"""
+
+
+def rotation(rng, max_deg):
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = np.deg2rad(rng.uniform(-max_deg, max_deg))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def make_views(folder: Path, n_views: int, size_xyz, seed: int) -> SpimData:
+    """N views around the same region, each rotated about its centre and shifted by a few pixels."""
+    rng = np.random.default_rng(seed)
+    spim = SpimData(timepoints=Timepoints("range", [0], ["0"]))
+    views = [ViewId(0, i) for i in range(n_views)]
+    spim.image_loader = image_loader_element("zarr", views)
+    centre = (np.asarray(size_xyz) - 1) / 2
+    for view in views:
+        image = rng.integers(100, 4000, tuple(size_xyz[::-1]), dtype=np.uint16)
+        write_view_levels("zarr", str(folder), view, [image], [(1, 1, 1)], (1.0, 1.0, 1.0), chunks_zyx=(64, 128, 128))
+        spim.setups[view.setup] = ViewSetup(
+            view.setup, f"view{view.setup}", tuple(size_xyz), None, {"tile": view.setup}
+        )
+        m = np.eye(4)
+        m[:3, :3] = rotation(rng, 1.0)
+        m[:3, 3] = centre - m[:3, :3] @ centre + rng.uniform(-3, 3, 3)
+        spim.registrations[view] = [ViewTransform.from_matrix("pose", m)]
+    save_spimdata(spim, str(folder / "dataset.xml"))
+    return load_spimdata(str(folder / "dataset.xml"))
+
+
+def plan(spim: SpimData, out_xyz, size_xyz):
+    """Sources and per-block reads for the centred output box ``out_xyz`` every view covers."""
+    lo = (np.asarray(size_xyz) - np.asarray(out_xyz)) // 2
+    grid = make_grid(lo, lo + np.asarray(out_xyz) - 1)
+    sources = {
+        v: view_source(spim, v, open_view_levels(spim, v), grid.output_to_world, 40.0, 0.0) for v in spim.view_ids()
+    }
+    jobs = []
+    for block in blocks(grid.shape_zyx, (BLOCK,) * 3):
+        start, stop = block.start_zyx[::-1], block.stop_zyx[::-1]
+        reads = [r for v in spim.view_ids() if (r := block_read(sources[v], start, stop)) is not None]
+        jobs.append((block, reads))
+    return grid, sources, jobs
+
+
+def fuse_one(spim, block, reads):
+    regions = [_read_region(spim, r, None) for r in reads]
+    return fuse_block(block.shape_zyx, "avg-blend", [r.fusion_view(g) for r, g in zip(reads, regions)])
+
+
+def time_ours(spim, jobs, repeat: int) -> tuple[float, int]:
+    """Best seconds of ``repeat`` passes reading and fusing every block (CPU twin, avg-blend), and the
+    peak traced bytes of one block."""
+    fuse_one(spim, *jobs[0])  # numba compiles (or loads its cache) on the first call
+    passes = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for block, reads in jobs:
+            fuse_one(spim, block, reads)
+        passes.append(time.perf_counter() - start)
+    seconds = min(passes)
+    tracemalloc.start()
+    fuse_one(spim, *jobs[0])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return seconds, peak
+
+
+def time_emulated(spim, jobs) -> float:
+    block, reads = jobs[0]
+    regions = [_read_region(spim, r, None) for r in reads]
+    views = [r.fusion_view(g) for r, g in zip(reads, regions)]
+    run_fuse_block(block.shape_zyx, "avg-blend", views, launch=cpu_emulation.launch, xp=np)  # build or load
+    start = time.perf_counter()
+    run_fuse_block(block.shape_zyx, "avg-blend", views, launch=cpu_emulation.launch, xp=np)
+    return (time.perf_counter() - start) / np.prod(block.shape_zyx)
+
+
+def time_rhapso(python: str, folder: Path, sources, jobs, repeat: int) -> float:
+    views = {}
+    for v, src in sources.items():
+        lo, hi, blend = src.support_lo_xyz, src.support_hi_xyz, src.blend_xyz
+        views[v.setup] = {
+            "path": str(folder / "dataset.ome.zarr" / f"s{v.setup}-t0.zarr"),
+            "inv_t": src.output_to_level.tolist(),
+            "b0": lo.tolist(),
+            "b1": (lo + blend).tolist(),
+            "b2": (hi - blend).tolist(),
+            "b3": hi.tolist(),
+        }
+    job = {
+        "repeat": repeat,
+        "views": views,
+        "blocks": [
+            {
+                "min_xyz": list(b.start_zyx[::-1]),
+                "max_xyz": [s - 1 for s in b.stop_zyx[::-1]],
+                "views": [r.source.view.setup for r in reads],
+            }
+            for b, reads in jobs
+        ],
+    }
+    (folder / "rhapso_job.json").write_text(json.dumps(job))
+    (folder / "rhapso_driver.py").write_text(RHAPSO_DRIVER)
+    proc = subprocess.run(
+        [python, str(folder / "rhapso_driver.py"), str(folder / "rhapso_job.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"Rhapso run failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, nargs=3, default=[300, 300, 160], metavar=("X", "Y", "Z"))
+    parser.add_argument("--out", type=int, nargs=3, default=[256, 256, 128], metavar=("X", "Y", "Z"))
+    parser.add_argument("--rhapso-python", help="python of a venv with Rhapso installed (skipped when not given)")
+    parser.add_argument("--repeat", type=int, default=3, help="passes over all blocks; the best is kept")
+    args = parser.parse_args(argv)
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (2, 4):
+            folder = Path(tmp) / f"views{n}"
+            folder.mkdir()
+            spim = make_views(folder, n, args.size, seed=n)
+            grid, sources, jobs = plan(spim, args.out, args.size)
+            assert all(len(reads) == n for _, reads in jobs)
+            n_out = int(np.prod(grid.shape_zyx))
+            seconds, peak = time_ours(spim, jobs, args.repeat)
+            row = {
+                "voxels": n_out,
+                "ours": n_out / seconds,
+                "peak_mb": peak / 2**20,
+                "emulated": 1.0 / time_emulated(spim, jobs),
+            }
+            if args.rhapso_python:
+                row["rhapso"] = n_out / time_rhapso(args.rhapso_python, folder, sources, jobs, args.repeat)
+            results[n] = row
+
+    print(
+        f"avg-blend, {args.out[0]}x{args.out[1]}x{args.out[2]} output voxels (xyz) in {BLOCK}^3 blocks, "
+        f"views {args.size[0]}x{args.size[1]}x{args.size[2]} uint16, read + fuse, one thread, best of {args.repeat}"
+    )
+    for n, row in results.items():
+        line = (
+            f"  {n} views: rhapso-gpu (CPU twin) {row['ours'] / 1e6:7.2f} Mvoxel/s"
+            f"  (peak {row['peak_mb']:.0f} MB per {BLOCK}^3 block)"
+        )
+        if "rhapso" in row:
+            line += f" | Rhapso 0.4.5 {row['rhapso'] / 1e6:6.2f} Mvoxel/s | ratio {row['ours'] / row['rhapso']:.1f}x"
+        line += f" | .cu emulated on CPU {row['emulated'] / 1e6:5.2f} Mvoxel/s"
+        print(line)
+    print(f"  4 views / 2 views throughput (rhapso-gpu): {results[4]['ours'] / results[2]['ours']:.2f}")
+    if "rhapso" in results[2]:
+        print(f"  4 views / 2 views throughput (Rhapso):     {results[4]['rhapso'] / results[2]['rhapso']:.2f}")
+    else:
+        print("  Rhapso not run (pass --rhapso-python PATH to a venv with `pip install Rhapso`)")
+
+
+if __name__ == "__main__":
+    main()
