@@ -49,9 +49,9 @@ def _shared(true_world, a, b) -> int:
     return int(np.isfinite(cKDTree(true_world[b]).query(true_world[a], distance_upper_bound=SAME)[0]).sum())
 
 
-def _genuine(true_world, r) -> np.ndarray:
-    """Per correspondence: both detections are of the same bead."""
-    d = true_world[r.a][r.ids_a.astype(int)] - true_world[r.b][r.ids_b.astype(int)]
+def _genuine(true_world, link) -> np.ndarray:
+    """Per correspondence of a link (PairCorrespondences): both detections are of the same bead."""
+    d = true_world[link.a[0]][link.ids_a.astype(int)] - true_world[link.b[0]][link.ids_b.astype(int)]
     return np.linalg.norm(d, axis=1) < SAME
 
 
@@ -60,26 +60,31 @@ def test_every_truly_overlapping_pair_matches_the_truth(detected):
     params = validate_params(MatchParams, {"method": "offset-consensus", "model": "rigid", "min_inliers": 5})
     with open_cluster("synchronous") as cluster:
         results = match_dataset(spim, params, cluster)
-    overlapping = [r for r in results if _shared(true_world, r.a, r.b) >= MIN_SHARED]
-    stacked_in_z = [r for r in overlapping if r.a.setup // 9 != r.b.setup // 9]
+    assert all(len(r.a) == len(r.b) == 1 for r in results)  # no grouping: one view per side
+    overlapping = [r for r in results if _shared(true_world, r.a[0], r.b[0]) >= MIN_SHARED]
+    stacked_in_z = [r for r in overlapping if r.a[0].setup // 9 != r.b[0].setup // 9]
     assert len(overlapping) >= 15 and len(stacked_in_z) >= 5
     for r in overlapping:
-        assert r.match.ok, f"{r.a}-{r.b}: {r.match.reason}"
-        assert _genuine(true_world, r).all(), f"{r.a}-{r.b}: a correspondence links two different beads"
+        (a,), (b,) = r.a, r.b
+        assert r.match.ok, f"{a}-{b}: {r.match.reason}"
+        (link,) = r.links
+        assert link.a == (a, "beads") and link.b == (b, "beads")
+        assert _genuine(true_world, link).all(), f"{a}-{b}: a correspondence links two different beads"
         # the pair's transform (A world -> B world, nominal registrations) against the true one
-        true_rel = (view_affine(spim, r.b) @ np.linalg.inv(truth.true_affines[r.b]) @ truth.true_affines[r.a]
-                    @ np.linalg.inv(view_affine(spim, r.a)))
-        world_a = apply_affine(view_affine(spim, r.a), read_interest_points(
-            container_location(spim), r.a, "beads").loc_xyz[r.ids_a.astype(int)])
+        true_rel = (view_affine(spim, b) @ np.linalg.inv(truth.true_affines[b]) @ truth.true_affines[a]
+                    @ np.linalg.inv(view_affine(spim, a)))
+        world_a = apply_affine(view_affine(spim, a), read_interest_points(
+            container_location(spim), a, "beads").loc_xyz[link.ids_a.astype(int)])
         err = np.linalg.norm(apply_affine(r.match.model, world_a) - apply_affine(true_rel, world_a), axis=1)
         rms = np.sqrt((err**2).mean())
         # detections near tile edges are off by up to ~1.5 px, which a fit to 6 points cannot average out
-        assert rms < (0.5 if r.ids_a.size >= 8 else 0.75), f"{r.a}-{r.b}: transform off by {rms:.2f} px"
+        assert rms < (0.5 if link.ids_a.size >= 8 else 0.75), f"{a}-{b}: transform off by {rms:.2f} px"
     for r in results:  # a failed pair has no correspondences and says why; a matched one is genuine
         if not r.match.ok:
-            assert r.ids_a.size == 0 and r.match.reason
+            assert not r.links and r.match.reason
         else:
-            assert _genuine(true_world, r).all(), f"{r.a}-{r.b}: a correspondence links two different beads"
+            (link,) = r.links
+            assert _genuine(true_world, link).all(), f"{link.a}-{link.b}: a correspondence links two different beads"
 
 
 def test_match_command_writes_symmetric_correspondences_reproducibly(detected, capsys):

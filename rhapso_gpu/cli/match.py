@@ -53,30 +53,45 @@ def match_params(args: argparse.Namespace) -> MatchParams:
     return load_params(MatchParams, args.params, overrides)
 
 
+def _side(views) -> str:
+    """A view, or a group of views joined by '+'."""
+    return "+".join(str(v) for v in views)
+
+
+def _labels(r: PairResult) -> str:
+    """The pair's label, or ``labelA-labelB`` when labels are matched across."""
+    return r.label_a if r.label_a == r.label_b else f"{r.label_a}-{r.label_b}"
+
+
 def print_results(results: list[PairResult], console: Console) -> None:
-    """The per-pair summary table and the failed pairs with their reasons."""
+    """The per-pair summary table and the failed pairs with their reasons.
+
+    ``view pairs`` counts the pairs of views that received correspondences
+    (more than one when groups are matched).
+    """
     table = Table(title="pairwise matching (distances in world units)")
     for col, justify in (("pair", "left"), ("label", "left"), ("points", "right"), ("candidates", "right"),
-                         ("inliers", "right"), ("ratio", "right"), ("RMS", "right")):
+                         ("inliers", "right"), ("ratio", "right"), ("RMS", "right"), ("view pairs", "right")):
         table.add_column(col, justify=justify)
     for r in results:
         m = r.match
         ok = m.ok
         table.add_row(
-            f"{r.a} - {r.b}",
-            r.label,
+            f"{_side(r.a)} - {_side(r.b)}",
+            _labels(r),
             f"{r.points_a}/{r.points_b}",
             str(m.candidates),
             str(m.index_a.size) if ok else "[red]failed[/red]",
             f"{m.inlier_ratio:.2f}" if ok else "",
             f"{m.rms:.3f}" if ok else "",
+            str(len(r.links)) if ok else "",
         )
     console.print(table)
     failed = [r for r in results if not r.match.ok]
     n_ok = len(results) - len(failed)
     console.print(f"{n_ok} of {len(results)} pairs matched")
     for r in failed:
-        console.print(f"  [red]not matched[/red] {r.a} - {r.b} ({r.label}): {r.match.reason}")
+        console.print(f"  [red]not matched[/red] {_side(r.a)} - {_side(r.b)} ({_labels(r)}): {r.match.reason}")
 
 
 def run(args: argparse.Namespace) -> int:

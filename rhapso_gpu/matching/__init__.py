@@ -6,11 +6,14 @@
   :func:`icp` iterates nearest-neighbour assignment and fitting.
 * :func:`find_candidates` gives the correspondence candidates of one descriptor method;
   :func:`ransac` fits a model robustly to given candidates.
-* :func:`match_dataset` matches every selected pair of a dataset's views (one dask
-  task each), :func:`store_results` writes the correspondences to ``interestpoints.n5``.
+* :func:`match_dataset` matches every selected pair of a dataset's views or groups
+  of views (one dask task each, :mod:`~rhapso_gpu.matching.grouping` pools and
+  merges a group's points), :func:`store_results` writes the correspondences to
+  ``interestpoints.n5``.
 """
 
 from rhapso_gpu.matching.descriptors import METHODS, find_candidates
+from rhapso_gpu.matching.grouping import PointSet, merge_mask, view_groups
 from rhapso_gpu.matching.icp import IcpParams, icp, mutual_nearest
 from rhapso_gpu.matching.pairwise import DescriptorParams, PairMatch, match_candidates, match_offsets, match_points
 from rhapso_gpu.matching.params import MatchParams
@@ -24,6 +27,7 @@ __all__ = [
     "MatchParams",
     "PairMatch",
     "PairResult",
+    "PointSet",
     "RansacParams",
     "RansacResult",
     "find_candidates",
@@ -32,8 +36,10 @@ __all__ = [
     "match_dataset",
     "match_offsets",
     "match_points",
+    "merge_mask",
     "mutual_nearest",
     "ransac",
     "select_pairs",
     "store_results",
+    "view_groups",
 ]

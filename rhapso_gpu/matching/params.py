@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rhapso_gpu.matching.grouping import GROUPABLE
 from rhapso_gpu.matching.icp import IcpParams
 from rhapso_gpu.matching.pairwise import DescriptorParams
 from rhapso_gpu.matching.ransac import RansacParams
@@ -16,13 +17,14 @@ class MatchParams(BaseModel):
     """Interest-point matching.
 
     Units: every distance (``max_epsilon``, ``search_radius``,
-    ``icp_max_distance``, ``overlap_margin``) is in **world** units, the
-    coordinates that the views' registrations map to.
+    ``icp_max_distance``, ``overlap_margin``, ``merge_distance``) is in
+    **world** units, the coordinates that the views' registrations map to.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     labels: list[str] = Field(["beads"], min_length=1, description="interest-point labels to match (each with itself)")
+    match_across_labels: bool = Field(False, description="also match every label with every other label")
     method: Literal["fast-rotation", "fast-translation", "precise-translation", "offset-consensus", "icp"] = Field(
         "fast-rotation",
         description="descriptor method; offset-consensus (no descriptors: sparse points, thin overlaps); "
@@ -59,7 +61,17 @@ class MatchParams(BaseModel):
     reference_timepoint: int | None = Field(None, description="for timepoints: reference (default: the first)")
     overlap_only: bool = Field(True, description="use only points inside the pair's overlap (plus overlap_margin)")
     overlap_margin: float = Field(10.0, ge=0.0, description="margin around the overlap box (world units)")
+    group_tiles: bool = Field(False, description="match views that differ only in tile as one (pooled points)")
+    group_channels: bool = Field(False, description="match views that differ only in channel as one")
+    group_illuminations: bool = Field(False, description="match views that differ only in illumination as one")
+    merge_distance: float = Field(
+        5.0, ge=0.0, description="grouping: a point removes other views' points of its group within this (world units)"
+    )
     seed: int = Field(0, description="RANSAC seed; equal seeds give identical results")
+
+    def grouped(self) -> set[str]:
+        """Setup attributes grouped over (``tile``, ``channel``, ``illumination``); empty: no grouping."""
+        return {attr for name, attr in GROUPABLE.items() if getattr(self, f"group_{name}")}
 
     def transform_model(self) -> TransformModel:
         """The model to fit."""

@@ -2,7 +2,11 @@
 
 Points are read from ``interestpoints.n5`` in each view's full-resolution
 local pixels (xyz) and taken to world coordinates with the view's current
-registration; a pair's result maps A's world points onto B's.
+registration; a pair's result maps A's world points onto B's. With grouping
+(``group_tiles``, ``group_channels``, ``group_illuminations``) each side of a
+pair is a group of views whose points are pooled and merged
+(:mod:`rhapso_gpu.matching.grouping`); the matches are split back per pair of
+views with the original point ids.
 """
 
 from __future__ import annotations
@@ -18,55 +22,41 @@ from rhapso_gpu.geometry import apply_affine, intersect_boxes, overlapping_pairs
 from rhapso_gpu.io.correspondences import PairCorrespondences, store_matches
 from rhapso_gpu.io.interestpoints import container_location, read_interest_points
 from rhapso_gpu.io.spimdata import SpimData, ViewId
+from rhapso_gpu.matching.grouping import Group, PointSet, pool, split_matches, view_groups
 from rhapso_gpu.matching.icp import icp
 from rhapso_gpu.matching.pairwise import PairMatch, match_points
 from rhapso_gpu.matching.params import MatchParams
 
 
 @dataclass
-class ViewPoints:
-    """Interest points of one view and label in world coordinates.
-
-    Attributes
-    ----------
-    view : ViewId
-    label : str
-    ids : ndarray of uint64 (N,)
-        Point ids as stored.
-    world_xyz : ndarray of float64 (N, 3)
-        Positions in world coordinates under the current registration.
-    """
-
-    view: ViewId
-    label: str
-    ids: np.ndarray
-    world_xyz: np.ndarray
-
-
-@dataclass
 class PairResult:
-    """Matches of one pair of views for one label.
+    """Matches of one pair of views (or groups of views) for one pair of labels.
 
     Attributes
     ----------
-    a, b : ViewId
-    label : str
+    a, b : tuple of ViewId
+        The views of each side (one unless grouped).
+    label_a, label_b : str
+        Labels of each side (equal unless ``match_across_labels``).
     points_a, points_b : int
-        Points of each view used (inside the overlap when ``overlap_only``).
+        Points of each side used (merged; inside the overlap when ``overlap_only``).
     match : PairMatch
-        Candidates, inliers, model (A world -> B world), RMS, or the failure reason.
-    ids_a, ids_b : ndarray of uint64
-        Matched point ids of A and B.
+        Candidates, inliers, model (A world -> B world), RMS, or the failure reason;
+        rows index the used points of each side.
+    links : list of PairCorrespondences
+        The matches as original point ids per pair of views (A's view first);
+        with groups, pairs of views with fewer than the model's minimum
+        number of matches are left out. Empty when the pair failed.
     """
 
-    a: ViewId
-    b: ViewId
-    label: str
+    a: Group
+    b: Group
+    label_a: str
+    label_b: str
     points_a: int
     points_b: int
     match: PairMatch
-    ids_a: np.ndarray
-    ids_b: np.ndarray
+    links: list[PairCorrespondences]
 
 
 def select_pairs(spim: SpimData, params: MatchParams, views: list[ViewId] | None = None) -> list[tuple[ViewId, ViewId]]:
@@ -93,7 +83,26 @@ def select_pairs(spim: SpimData, params: MatchParams, views: list[ViewId] | None
     return candidates
 
 
-def load_view_points(spim: SpimData, view: ViewId, label: str) -> ViewPoints:
+def select_group_pairs(spim: SpimData, params: MatchParams, groups: list[Group]) -> list[tuple[Group, Group]]:
+    """Pairs of groups to match: two groups pair when any of their views pair (:func:`select_pairs`).
+
+    Views of the same group are never matched with each other. Sorted, each pair once.
+    """
+    member = {v: i for i, g in enumerate(groups) for v in g}
+    view_pairs = select_pairs(spim, params, list(member))
+    index_pairs = {tuple(sorted((member[a], member[b]))) for a, b in view_pairs if member[a] != member[b]}
+    return [(groups[i], groups[j]) for i, j in sorted(index_pairs)]
+
+
+def label_pairs(params: MatchParams) -> list[tuple[str, str]]:
+    """Label of A and label of B of every matching: each label with itself, and with the others if asked."""
+    labels = list(dict.fromkeys(params.labels))
+    if params.match_across_labels:
+        return [(la, lb) for la in labels for lb in labels]
+    return [(label, label) for label in labels]
+
+
+def load_view_points(spim: SpimData, view: ViewId, label: str) -> PointSet:
     """Read a view's points of one label and take them to world coordinates."""
     known = {(r.view, r.label) for r in spim.interest_points}
     if (view, label) not in known:
@@ -102,7 +111,8 @@ def load_view_points(spim: SpimData, view: ViewId, label: str) -> ViewPoints:
             "(run `rhapso-gpu detect` first, or choose a label with --set labels=[...])"
         )
     points = read_interest_points(container_location(spim), view, label)
-    return ViewPoints(view, label, points.ids, apply_affine(view_affine(spim, view), points.loc_xyz))
+    world = apply_affine(view_affine(spim, view), points.loc_xyz)
+    return PointSet((view,), label, np.zeros(len(points.ids), np.int64), points.ids, world)
 
 
 def _inside(world_xyz: np.ndarray, box, margin: float) -> np.ndarray:
@@ -110,35 +120,44 @@ def _inside(world_xyz: np.ndarray, box, margin: float) -> np.ndarray:
     return np.all((world_xyz >= lo - margin) & (world_xyz <= hi + margin), axis=1)
 
 
-def pair_points(spim: SpimData, a: ViewPoints, b: ViewPoints, params: MatchParams):
-    """The rows of A and B to match: all, or those inside the overlap box plus the margin."""
+def pair_points(spim: SpimData, a: PointSet, b: PointSet, params: MatchParams) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of A and B to match: all, or those inside an overlap box (plus the margin).
+
+    A point of view ``v`` of A counts as inside when it lies in the overlap of
+    ``v`` with any view of B (and vice versa).
+    """
     if not params.overlap_only:
-        return np.arange(len(a.ids)), np.arange(len(b.ids))
-    box = intersect_boxes(view_box_world(spim, a.view), view_box_world(spim, b.view))
-    if box is None:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    m = params.overlap_margin
-    return np.flatnonzero(_inside(a.world_xyz, box, m)), np.flatnonzero(_inside(b.world_xyz, box, m))
+        return np.arange(len(a)), np.arange(len(b))
+    boxes = {v: view_box_world(spim, v) for v in a.views + b.views}
+    keep_a, keep_b = np.zeros(len(a), bool), np.zeros(len(b), bool)
+    for i, va in enumerate(a.views):
+        for j, vb in enumerate(b.views):
+            box = intersect_boxes(boxes[va], boxes[vb])
+            if box is not None:
+                keep_a |= (a.origin == i) & _inside(a.world_xyz, box, params.overlap_margin)
+                keep_b |= (b.origin == j) & _inside(b.world_xyz, box, params.overlap_margin)
+    return np.flatnonzero(keep_a), np.flatnonzero(keep_b)
 
 
-def match_pair(a: ViewPoints, b: ViewPoints, rows_a, rows_b, params: MatchParams, backend: str = "numpy") -> PairResult:
-    """Match one pair of views (a dask task): descriptor or ICP matching of the selected rows.
+def match_pair(a: PointSet, b: PointSet, rows_a, rows_b, params: MatchParams, backend: str = "numpy") -> PairResult:
+    """Match one pair of views or groups (a dask task): descriptor or ICP matching of the selected rows.
 
-    The RANSAC seed is ``[seed, tp_a, setup_a, tp_b, setup_b]``, so a pair's
-    result does not depend on which worker runs it or in which order.
+    The RANSAC seed is ``[seed, tp_a, setup_a, tp_b, setup_b]`` of the first
+    view of each side, so a pair's result does not depend on which worker
+    runs it or in which order.
     """
     xp = get_backend(backend).xp
     pa, pb = a.world_xyz[rows_a], b.world_xyz[rows_b]
-    seed = [params.seed, a.view.timepoint, a.view.setup, b.view.timepoint, b.view.setup]
+    va, vb = a.views[0], b.views[0]
+    seed = [params.seed, va.timepoint, va.setup, vb.timepoint, vb.setup]
     model = params.transform_model()
     if params.method == "icp":
         ia, ib, affine = icp(pa, pb, model, None, params.icp(), params.ransac(), seed, xp)
         match = _icp_result(pa, pb, ia, ib, affine, params)
     else:
         match = match_points(pa, pb, model, params.descriptor(), params.ransac(), seed, params.guided, xp)
-    ids_a = a.ids[rows_a][match.index_a]
-    ids_b = b.ids[rows_b][match.index_b]
-    return PairResult(a.view, b.view, a.label, len(rows_a), len(rows_b), match, ids_a, ids_b)
+    links = split_matches(a, b, rows_a[match.index_a], rows_b[match.index_b], model.min_matches) if match.ok else []
+    return PairResult(a.views, b.views, a.label, b.label, len(rows_a), len(rows_b), match, links)
 
 
 def _icp_result(pa, pb, ia, ib, affine, params: MatchParams) -> PairMatch:
@@ -153,7 +172,7 @@ def _icp_result(pa, pb, ia, ib, affine, params: MatchParams) -> PairMatch:
 
 
 def match_dataset(spim: SpimData, params: MatchParams, cluster, backend: str = "numpy") -> list[PairResult]:
-    """Match every selected pair of views for every label, one dask task per pair and label.
+    """Match every selected pair of views or groups for every pair of labels, one dask task each.
 
     Parameters
     ----------
@@ -167,16 +186,23 @@ def match_dataset(spim: SpimData, params: MatchParams, cluster, backend: str = "
     Returns
     -------
     list of PairResult
-        In pair order (sorted views), then label order.
+        In label-pair order (:func:`label_pairs`), then pair order (sorted views or groups).
     """
-    pairs = select_pairs(spim, params)
-    views = sorted({v for pair in pairs for v in pair})
+    groups = view_groups(spim, spim.view_ids(), params.grouped())
+    pairs = select_group_pairs(spim, params, groups)
+    used = sorted({g for pair in pairs for g in pair})
+    labels = list(dict.fromkeys(params.labels))
+    points = {
+        (g, label): pool([load_view_points(spim, v, label) for v in g], params.merge_distance)
+        for label in labels
+        for g in used
+    }
     tasks = []
-    for label in params.labels:
-        points = {v: load_view_points(spim, v, label) for v in views}
-        for a, b in pairs:
-            rows_a, rows_b = pair_points(spim, points[a], points[b], params)
-            tasks.append(dask.delayed(match_pair)(points[a], points[b], rows_a, rows_b, params, backend))
+    for la, lb in label_pairs(params):
+        for ga, gb in pairs:
+            a, b = points[ga, la], points[gb, lb]
+            rows_a, rows_b = pair_points(spim, a, b, params)
+            tasks.append(dask.delayed(match_pair)(a, b, rows_a, rows_b, params, backend))
     return list(cluster.compute(*tasks)) if tasks else []
 
 
@@ -184,11 +210,9 @@ def store_results(spim: SpimData, results: list[PairResult], params: MatchParams
     """Write the matches to ``interestpoints.n5``, replacing the labels' earlier correspondences.
 
     Every view of the dataset that has one of the matched labels loses its old
-    correspondences among those views and labels; failed pairs get none.
+    correspondences among those views and labels; failed pairs get none. Each
+    link is stored in both views' lists, keyed by the other view and label.
     """
     labels = set(params.labels)
     replace = [(r.view, r.label) for r in spim.interest_points if r.label in labels]
-    matches = [
-        PairCorrespondences((r.a, r.label), (r.b, r.label), r.ids_a, r.ids_b) for r in results if r.match.ok
-    ]
-    store_matches(container_location(spim), matches, replace)
+    store_matches(container_location(spim), [link for r in results for link in r.links], replace)
