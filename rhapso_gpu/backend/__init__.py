@@ -16,7 +16,11 @@ Inside dask tasks, pick the backend from the chunk with
 :mod:`rhapso_gpu.backend.kernels`.
 """
 
+import cpu_fallback.dog_peaks
+import cpu_fallback.fusion
+import cpu_fallback.gauss3
 import cpu_fallback.kernels
+import cpu_fallback.median
 from rhapso_gpu.backend._registry import register_kernel, registered_kernels
 from rhapso_gpu.backend._select import CHOICES, Backend, backend_for_array, get_backend, gpu_available
 from rhapso_gpu.backend.ops import downsample_mean
@@ -25,6 +29,22 @@ register_kernel(
     "downsample_mean",
     numpy=cpu_fallback.kernels.downsample_mean,
     cupy="rhapso_gpu.backend.cupy_backend:downsample_mean",
+)
+register_kernel(
+    "dog_peaks",
+    numpy=cpu_fallback.dog_peaks.dog_peaks,
+    cupy="rhapso_gpu.backend.kernels.dog_peaks:cupy_dog_peaks",
+)
+register_kernel("gauss3", numpy=cpu_fallback.gauss3.gauss3, cupy="rhapso_gpu.backend.kernels.gauss3:cupy_gauss3")
+register_kernel(
+    "sampled_median",
+    numpy=cpu_fallback.median.sampled_median,
+    cupy="rhapso_gpu.backend.kernels.median:cupy_sampled_median",
+)
+register_kernel(
+    "fuse_block",
+    numpy=cpu_fallback.fusion.fuse_block,
+    cupy="rhapso_gpu.backend.kernels.fusion:fuse_block_cupy",
 )
 
 __all__ = [
