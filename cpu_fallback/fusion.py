@@ -28,11 +28,12 @@ its value is the trilinear interpolation of the region with border extension
 
 Voxels no view covers are 0. The twin runs the same per-voxel arithmetic as the
 kernel, compiled by numba (:mod:`cpu_fallback._fusion_numba`, one thread: the
-scheduler runs blocks in parallel), so no coordinate grid is ever stored. It
-measured about twice as fast as a vectorised NumPy/SciPy version of the same
-contract (kept as the independent reference in ``tests/test_fusion_kernel.py``),
-whose interpolation alone (``scipy.ndimage.affine_transform``) took longer than
-the whole compiled loop.
+scheduler runs blocks in parallel), one output row and one view at a time in
+vectorised loops, so no coordinate grid is ever stored. Regions of one common
+8- or 16-bit integer type are packed for it as they are (read as float32 in the
+loop, which is exact) instead of as a float32 copy, halving the packed bytes.
+An independent vectorised NumPy/SciPy statement of the contract is kept as the
+reference in ``tests/test_fusion_kernel.py``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,20 @@ class FusionBlockPlan:
 GEOMETRY_WIDTH = 21
 """float32 values per view in :attr:`FusionBlockPlan.geometry`."""
 
+PACKED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.float32))
+"""Region types :func:`fuse_block` packs as they are when all regions share one; others become float32."""
+
+
+def packed_dtype(regions) -> np.dtype:
+    """The dtype :func:`fuse_block` packs ``regions`` in: their common type if in :data:`PACKED_DTYPES`, else float32.
+
+    Every value of these types is exactly a float32, so the fused result does not depend on the choice.
+    """
+    dtypes = {np.asarray(r).dtype for r in regions}
+    if len(dtypes) == 1 and (dtype := dtypes.pop()) in PACKED_DTYPES:
+        return dtype
+    return np.dtype(np.float32)
+
 
 def plan_fuse_block(out_shape_zyx, fusion_type: str, views: list[FusionView]) -> FusionBlockPlan:
     """Check a block-fusion request and pack its geometry (shared by the twin and the CUDA wrapper).
@@ -161,7 +176,8 @@ def fuse_block(out_shape_zyx, fusion_type: str, views: list[FusionView]) -> np.n
     fusion_type : str
         One of :data:`FUSION_TYPES`.
     views : list of FusionView
-        The views overlapping the block, in ViewId order; regions are NumPy arrays of any real type.
+        The views overlapping the block, in ViewId order; regions are NumPy arrays of any real type
+        (packed as :func:`packed_dtype` says).
 
     Returns
     -------
@@ -171,9 +187,9 @@ def fuse_block(out_shape_zyx, fusion_type: str, views: list[FusionView]) -> np.n
     from cpu_fallback._fusion_numba import fuse_voxels
 
     plan = plan_fuse_block(out_shape_zyx, fusion_type, views)
-    data = np.empty(max(1, plan.n_region_voxels), dtype=np.float32)
-    for v, (offset, nx, ny, nz) in zip(views, plan.layout):
-        data[offset : offset + nx * ny * nz] = np.asarray(v.region_zyx, dtype=np.float32).ravel()
+    data = np.empty(max(1, plan.n_region_voxels), dtype=packed_dtype([v.region_zyx for v in views]))
+    for v, shape, (offset, nx, ny, nz) in zip(views, plan.region_shapes_zyx, plan.layout):
+        data[offset : offset + nx * ny * nz].reshape(shape)[...] = v.region_zyx
     out = np.empty(plan.out_shape_zyx, dtype=np.float32)
     fuse_voxels(data, plan.layout, plan.geometry, BLEND_LUT, out, plan.n_views, plan.fusion_code)
     return out

@@ -266,3 +266,20 @@ def test_bdv_xml_of_the_fused_volume_opens_as_a_dataset(two_tiles, cluster, tmp_
     np.testing.assert_allclose(
         apply_affine(view_affine(spim, ViewId(0, 0)), [[0, 0, 0], [19, 9, 2]]), [[25, 5, 5], [44, 14, 9]]
     )
+
+
+def test_block_tasks_read_their_crops_themselves(two_tiles, cluster, tmp_path, monkeypatch):
+    """Task graphs hold the views' readers but never compute a view image as a task input."""
+    graphs = []
+    compute = cluster.compute
+
+    def spy(*tasks, **kwargs):
+        graphs.extend(dict(t.__dask_graph__()) for t in tasks)
+        return compute(*tasks, **kwargs)
+
+    monkeypatch.setattr(cluster, "compute", spy)
+    result, out = fuse(two_tiles, tmp_path / "f.zarr", cluster, fusion="max")
+    np.testing.assert_array_equal(out[0, 0, 1:-1, 1:-1, 1:-1], np.broadcast_to(KNOWN["max"][1:-1], (18, 28, 68)))
+    assert graphs and all(len(g) == 2 for g in graphs)  # the task and its list of reads, nothing else
+    # float32 output: the largest task holds its crops twice (as read, and packed) and its float32 block
+    assert result.max_task_bytes >= 4 * 16**3

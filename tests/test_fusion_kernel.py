@@ -4,6 +4,7 @@ import re
 import shutil
 import sys
 import types
+from dataclasses import replace
 from importlib import resources
 from types import SimpleNamespace
 
@@ -11,7 +12,15 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from cpu_fallback.fusion import BLEND_LUT, FUSION_TYPES, FusionView, fuse_block, plan_fuse_block
+from cpu_fallback.fusion import (
+    BLEND_LUT,
+    FUSION_TYPES,
+    PACKED_DTYPES,
+    FusionView,
+    fuse_block,
+    packed_dtype,
+    plan_fuse_block,
+)
 from rhapso_gpu.backend import get_backend
 from rhapso_gpu.backend.kernels import cpu_emulation
 from rhapso_gpu.backend.kernels.fusion import FUSE_BLOCK_SPEC, fuse_block_cupy, run_fuse_block
@@ -300,3 +309,31 @@ def test_cupy_entry_point_with_a_cupy_stub(monkeypatch):
     name, types_ = calls[0]
     assert name == "fuse_block_f32"
     assert types_ == [np.ndarray] * 4 + [np.int32] * 2 + [np.int64] * 3
+
+
+@pytest.mark.parametrize("fusion", FUSION_TYPES)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float64])
+def test_twin_reads_any_region_type_as_its_float32_copy(fusion, dtype):
+    """Regions packed as they are (8/16-bit) or converted (others) fuse bit-identically to float32 copies."""
+    views = random_views(4)
+    typed = [replace(v, region_zyx=np.round(v.region_zyx / 8).astype(dtype)) for v in views]
+    as_float32 = [replace(v, region_zyx=v.region_zyx.astype(np.float32)) for v in typed]
+    want = fuse_block((9, 13, 15), fusion, as_float32)
+    np.testing.assert_array_equal(fuse_block((9, 13, 15), fusion, typed), want)
+    assert packed_dtype([v.region_zyx for v in typed]) == (dtype if dtype in PACKED_DTYPES else np.float32)
+
+
+def test_packed_dtype_mixed_regions_become_float32():
+    assert packed_dtype([np.zeros(2, np.uint16), np.zeros(2, np.uint8)]) == np.float32
+    assert packed_dtype([np.zeros(2, np.uint16), np.zeros(2, np.uint16)]) == np.uint16
+
+
+def test_twin_skips_views_that_miss_a_row_exactly():
+    """A view covering only some rows (and only part of others) gives the same block as the NumPy statement."""
+    region = np.arange(8 * 8 * 40, dtype=np.float32).reshape(8, 8, 40)
+    a = np.array([[1.0, 0, 0, -3.0], [0.05, 1.0, 0, -2.0], [0, 0, 1.0, 0.5]])
+    views = [FusionView(region, a, np.zeros(3), np.array([39.0, 5.0, 6.0]), np.array([4.0, 2.0, 0.0]))]
+    for fusion in FUSION_TYPES:
+        got, want = fuse_block((8, 10, 30), fusion, views), reference_fuse((8, 10, 30), fusion, views)
+        np.testing.assert_array_equal(got != 0, want != 0)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)

@@ -434,3 +434,38 @@ def test_unreadable_metadata(written, fmt, ngff, damaged, message):
     spim = save_dataset(folder, loader, {0: size_xyz(levels[0])})
     with pytest.raises(UserError, match=r"^tp0/setup0: \S*" + message):
         open_view_levels(spim, ViewId(0, 0))
+
+
+@pytest.mark.parametrize("key", WRITTEN, ids=[f"{f}-{v}" for f, v in WRITTEN])
+def test_read_region_reads_the_box_straight_from_the_reader(written, key, monkeypatch):
+    folder, loader, levels = written[key]
+    spim = save_dataset(folder, loader, {0: size_xyz(levels[0])})
+    level = open_view_levels(spim, ViewId(0, 0))[0]
+    box = (slice(1, 5), slice(3, 10), slice(2, 11))  # across chunk borders
+    monkeypatch.setattr("dask.compute", lambda *a, **k: pytest.fail("read_region_zyx built a dask graph"))
+    got = level.read_region_zyx(box)
+    assert got.dtype == levels[0].dtype
+    np.testing.assert_array_equal(got, levels[0][box])
+    np.testing.assert_array_equal(level.read_region_zyx((slice(None), slice(0, 99), slice(4, 5))), levels[0][:, :, 4:5])
+
+
+def test_read_region_of_a_derived_array_computes_it(written):
+    folder, loader, levels = written[("zarr", "0.4")]
+    spim = save_dataset(folder, loader, {0: size_xyz(levels[0])})
+    level = open_view_levels(spim, ViewId(0, 0))[0]
+    derived = PyramidLevel(0, level.data_zyx[::-1] + 1, (1.0, 1.0, 1.0))  # no reader behind it: falls back to dask
+    np.testing.assert_array_equal(derived.read_region_zyx((slice(0, 2),) * 3), levels[0][::-1][:2, :2, :2] + 1)
+    with pytest.raises(ValueError, match="step-1"):
+        level.read_region_zyx((slice(0, 4, 2), slice(None), slice(None)))
+
+
+def test_read_region_errors_name_the_file(written):
+    folder, loader, levels = written[("zarr", "0.4")]
+    spim = save_dataset(folder, loader, {0: size_xyz(levels[0])})
+    level = open_view_levels(spim, ViewId(0, 0))[0]
+    named = folder / "dataset.ome.zarr" / "s0-t0.zarr" / "0"
+    for chunk in (p for p in named.rglob("*") if p.is_file() and not p.name.startswith((".", "zarr.json"))):
+        chunk.write_bytes(b"garbage")
+    with pytest.raises(UserError) as err:
+        level.read_region_zyx((slice(0, 2),) * 3)
+    assert str(err.value).startswith(f"{named}: ")

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 import dask
 import numpy as np
+import zarr
 
+from cpu_fallback.fusion import packed_dtype
 from rhapso_gpu import __version__
 from rhapso_gpu.backend import get_backend
 from rhapso_gpu.errors import UserError
@@ -81,9 +83,8 @@ class FusionPlan:
 class FuseResult:
     """What :func:`fuse_dataset` did.
 
-    ``max_task_bytes`` is the largest memory estimate of a task run now (0 when
-    every block was already done): its float32 input crops plus its block's
-    working arrays.
+    ``max_task_bytes`` is the largest memory estimate (:func:`task_bytes`) of a
+    task run now (0 when every block was already done).
     """
 
     location: str
@@ -206,8 +207,14 @@ def to_output_type(block, data_type: str, intensity_range: tuple[float, float], 
         return block.astype(xp.float32, copy=False)
     top = OUTPUT_MAX[data_type]
     lo, hi = intensity_range
-    scaled = (block.astype(xp.float64) - lo) * top / (hi - lo)  # float64, divide last: exact ties (127.5)
-    return xp.clip(xp.floor(scaled + 0.5), 0, top).astype(data_type)
+    scaled = block.astype(xp.float64)  # float64, divide last: exact ties (127.5); in place, one float64 copy
+    scaled -= lo
+    scaled *= top
+    scaled /= hi - lo
+    scaled += 0.5
+    xp.floor(scaled, out=scaled)
+    xp.clip(scaled, 0, top, out=scaled)
+    return scaled.astype(data_type)
 
 
 def block_key(slot: Slot, block: Block) -> str:
@@ -216,15 +223,7 @@ def block_key(slot: Slot, block: Block) -> str:
     return f"t{slot.t_index}-c{slot.c_index}-z{z}-y{y}-x{x}"
 
 
-def _read_region(spim: SpimData, read: BlockRead, storage_options) -> np.ndarray:
-    level = open_view_levels(spim, read.source.view, storage_options)[read.source.level]
-    # synchronous and without graph optimisation: the crop's few chunk reads, in this task, at half the overhead
-    (region,) = dask.compute(level.data_zyx[read.slices_zyx], scheduler="synchronous", optimize_graph=False)
-    return np.asarray(region, dtype=np.float32)
-
-
 def fuse_block_task(
-    spim: SpimData,
     location: str,
     slot: Slot,
     block: Block,
@@ -239,22 +238,69 @@ def fuse_block_task(
     -------
     dict
         ``key``, ``views`` (number read) and ``bytes``: an estimate (not a
-        measurement) of the memory the task holds at its peak: the float32
-        crops twice (as read, and packed for the kernel), the float32 block,
-        and for integer output its float64 scaling and the converted block.
+        measurement) of the host memory the task allocates at its peak, from
+        :func:`task_bytes`.
     """
     backend = get_backend(backend_name)
-    regions = [_read_region(spim, r, storage_options) for r in reads]
+    regions = [r.read() for r in reads]
+    crop_bytes = sum(r.nbytes for r in regions)
+    packed_bytes = 0
+    if backend.name == "numpy":  # the twin packs the crops on the host (CuPy packs them on the GPU)
+        packed_bytes = packed_dtype(regions).itemsize * sum(r.size for r in regions)
     views = [r.fusion_view(backend.asarray(region)) for r, region in zip(reads, regions)]
     fused = backend.kernel("fuse_block")(block.shape_zyx, params.fusion, views)
+    del regions, views  # the crops are not needed for converting and writing
     out = backend.to_host(to_output_type(fused, params.data_type, params.intensity_range(), backend.xp))
+    del fused
     array = ome_zarr.open_level(location, 0, storage_options, mode="r+")
     array[(slot.t_index, slot.c_index, *block.slices_zyx)] = out
     key = block_key(slot, block)
     ome_zarr.mark_done(location, key, storage_options)
-    n_block = int(np.prod(block.shape_zyx))
-    per_voxel = 4 if params.data_type == "float32" else 4 + 8 + out.itemsize
-    return {"key": key, "views": len(reads), "bytes": 2 * sum(r.nbytes for r in regions) + per_voxel * n_block}
+    estimate = task_bytes(reads, crop_bytes, packed_bytes, int(np.prod(block.shape_zyx)), params.data_type)
+    return {"key": key, "views": len(reads), "bytes": estimate}
+
+
+def task_bytes(reads: list[BlockRead], crop_bytes: int, packed_bytes: int, n_block: int, data_type: str) -> int:
+    """Estimated peak host bytes of :func:`fuse_block_task`: the largest of its phases.
+
+    * read: the crops, plus the chunks being decoded for one crop (zarr decodes
+      up to ``async.concurrency`` chunks at once);
+    * fuse: the crops, their packed copy, and the float32 block;
+    * convert (integer output): the float32 block, its float64 scaling and the converted block;
+    * write: the converted block and zarr's chunk copies and encoded bytes (about twice the block).
+
+    On 256 x 256 x 128 blocks from 2 and 4 uint16 views (uint16 and float32
+    output) it equalled the peak traced by ``tracemalloc`` to 1 MB; the process's
+    peak RSS grew by 0-40 MB more (allocator and codec buffers). It leaves out
+    the process itself (Python, NumPy, numba, zarr: about 300 MB of RSS before any task).
+
+    Parameters
+    ----------
+    reads : list of BlockRead
+    crop_bytes : int
+        Bytes of the crops as read (native dtype).
+    packed_bytes : int
+        Bytes of the crops as packed for the kernel on the host (0 when packed on the GPU).
+    n_block : int
+        Output voxels of the block.
+    data_type : str
+        Output voxel type.
+    """
+    concurrency = int(zarr.config.get("async.concurrency") or 1)
+    decoding = 0
+    for r in reads:
+        data = r.source.image.data_zyx
+        chunk_bytes = int(np.prod(data.chunksize)) * data.dtype.itemsize
+        touched = int(np.prod([(s.stop - 1) // c - s.start // c + 1 for s, c in zip(r.slices_zyx, data.chunksize)]))
+        decoding = max(decoding, min(touched, concurrency) * chunk_bytes)
+    itemsize = np.dtype(data_type).itemsize
+    phases = [
+        crop_bytes + decoding,
+        crop_bytes + packed_bytes + 4 * n_block,
+        (4 + 8 + itemsize) * n_block if data_type != "float32" else 4 * n_block,
+        3 * itemsize * n_block,
+    ]
+    return max(phases)
 
 
 def _prepare_container(
@@ -344,7 +390,6 @@ def fuse_dataset(
     plan = plan_fusion(spim, params, storage_options)
     complete, done = _prepare_container(location, plan, params, overwrite, storage_options)
     all_blocks = blocks(plan.grid.shape_zyx, plan.block_zyx)
-    spim_task = dask.delayed(spim, pure=True)
     tasks, skipped = [], 0
     for slot in plan.slots:
         for block in all_blocks:
@@ -353,9 +398,11 @@ def fuse_dataset(
                 continue
             start_xyz, stop_xyz = block.start_zyx[::-1], block.stop_zyx[::-1]
             reads = [r for v in slot.views if (r := block_read(plan.sources[v], start_xyz, stop_xyz)) is not None]
+            # traverse=False: the reads hold their views' lazy images, which dask must not compute as inputs
+            reads_task = dask.delayed(reads, traverse=False)
             tasks.append(
                 dask.delayed(fuse_block_task, pure=False)(
-                    spim_task, location, slot, block, reads, params, backend.name, storage_options
+                    location, slot, block, reads_task, params, backend.name, storage_options
                 )
             )
     log.info(

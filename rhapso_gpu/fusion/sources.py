@@ -31,6 +31,9 @@ class ViewSource:
     view : ViewId
     level : int
         Pyramid level read.
+    image : PyramidLevel
+        That level, opened once when planning: the lazy image whose reader the block tasks read
+        from (it reopens its files wherever it is unpickled).
     level_size_xyz : numpy.ndarray
         Size of that level in pixels (xyz).
     output_to_level : numpy.ndarray
@@ -43,6 +46,7 @@ class ViewSource:
 
     view: ViewId
     level: int
+    image: PyramidLevel
     level_size_xyz: np.ndarray
     output_to_level: np.ndarray
     support_lo_xyz: np.ndarray
@@ -71,6 +75,10 @@ class BlockRead:
     @property
     def slices_zyx(self) -> tuple[slice, slice, slice]:
         return tuple(slice(int(a), int(b) + 1) for a, b in zip(self.crop_lo_xyz[::-1], self.crop_hi_xyz[::-1]))
+
+    def read(self) -> np.ndarray:
+        """Read the crop now: (z, y, x), native dtype (see :meth:`PyramidLevel.read_region_zyx`)."""
+        return self.source.image.read_region_zyx(self.slices_zyx)
 
     def fusion_view(self, region_zyx) -> FusionView:
         """The kernel's input for this view, given the crop's pixels."""
@@ -133,6 +141,7 @@ def view_source(
     return ViewSource(
         view=view,
         level=index,
+        image=level,
         level_size_xyz=size_xyz.astype(np.int64),
         output_to_level=np.linalg.inv(level_to_output),
         support_lo_xyz=border,

@@ -5,6 +5,8 @@
   metadata, so a dask graph built on it can be shipped to distributed workers;
   each worker opens the file itself. Any failure while reading a chunk becomes
   a :class:`UserError` naming the file.
+* :func:`array_source`: the reader behind such a dask array, to read a box
+  at once without building a dask graph.
 * :func:`resolve_location`: a document path resolved against the BasePath.
 """
 
@@ -111,3 +113,28 @@ def to_dask(reader: VolumeReader, chunks_zyx: tuple[int, int, int]) -> da.Array:
     return da.from_array(
         reader, chunks=chunks, lock=False, asarray=False, fancy=False, meta=np.empty((0, 0, 0), dtype=reader.dtype)
     )
+
+
+def array_source(data: da.Array):
+    """The object a ``da.from_array`` array (as :func:`to_dask` builds) reads from, or None.
+
+    Found under the graph layer ``"original-" + data.name``, where dask's
+    ``from_array`` keeps it. None for any other dask array (sliced, computed
+    from others) or graph layout (another dask version), so callers fall back
+    to computing ``data``.
+
+    Parameters
+    ----------
+    data : dask.array.Array
+
+    Returns
+    -------
+    object or None
+        Indexable with a tuple of step-1 slices in C order, shape ``data.shape``.
+    """
+    key = f"original-{data.name}"
+    layer = getattr(data.dask, "layers", {}).get(key)
+    source = None if layer is None else layer.get(key)
+    if source is None or tuple(getattr(source, "shape", ())) != tuple(data.shape):
+        return None
+    return source

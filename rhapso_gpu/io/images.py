@@ -17,11 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.io import _n5_loader, _tiff_loader, _zarr_loader
+from rhapso_gpu.io._loader_common import array_source
 from rhapso_gpu.io.spimdata import SpimData, ViewId
 
 _LOADERS = {
@@ -60,6 +62,38 @@ class PyramidLevel:
         m = np.diag(np.append(f, 1.0))
         m[:3, 3] = (f - 1.0) / 2.0
         return m
+
+    def read_region_zyx(self, slices_zyx: tuple[slice, slice, slice]) -> np.ndarray:
+        """Read a box of this level now, in the calling thread.
+
+        Reads straight from the level's reader (one call, no dask graph) when
+        :attr:`data_zyx` is a plain lazy view of one, otherwise computes the
+        dask slice synchronously; the pixels are the same either way.
+
+        Parameters
+        ----------
+        slices_zyx : tuple of slice
+            Three step-1 slices (z, y, x) in pixels of this level.
+
+        Returns
+        -------
+        numpy.ndarray
+            The box, C order (z, y, x), native dtype.
+
+        Raises
+        ------
+        UserError
+            When the image files cannot be read.
+        """
+        if len(slices_zyx) != 3 or any(s.step not in (None, 1) for s in slices_zyx):
+            raise ValueError(f"read_region_zyx takes three step-1 slices (z, y, x), got {slices_zyx}")
+        bounds = [s.indices(n)[:2] for s, n in zip(slices_zyx, self.data_zyx.shape)]
+        region = tuple(slice(start, max(start, stop)) for start, stop in bounds)
+        source = array_source(self.data_zyx)
+        if source is not None:
+            return np.asarray(source[region])
+        (box,) = dask.compute(self.data_zyx[region], scheduler="synchronous", optimize_graph=False)
+        return np.asarray(box)
 
 
 def open_view_levels(spim: SpimData, view: ViewId, storage_options: dict[str, Any] | None = None) -> list[PyramidLevel]:
