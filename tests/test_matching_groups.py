@@ -224,7 +224,7 @@ def test_match_command_groups_channels(channels, capsys, monkeypatch):
         == 0
     )
     out = capsys.readouterr().out
-    assert "tp0/setup0+tp0/setup1 - tp0/setup2+tp0/setup3" in out and "view pairs" in out
+    assert "0/0+0/1 - 0/2+0/3" in out and "links" in out
     assert "2 of 2 pairs matched" in out
     n5 = container_location(load_spimdata(xml))
     table = read_correspondences(n5, ViewId(0, 0), "beads")

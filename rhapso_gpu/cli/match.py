@@ -54,8 +54,8 @@ def match_params(args: argparse.Namespace) -> MatchParams:
 
 
 def _side(views) -> str:
-    """A view, or a group of views joined by '+'."""
-    return "+".join(str(v) for v in views)
+    """A view as ``timepoint/setup``, or a group of views joined by '+'."""
+    return "+".join(f"{v.timepoint}/{v.setup}" for v in views)
 
 
 def _labels(r: PairResult) -> str:
@@ -66,13 +66,13 @@ def _labels(r: PairResult) -> str:
 def print_results(results: list[PairResult], console: Console) -> None:
     """The per-pair summary table and the failed pairs with their reasons.
 
-    ``view pairs`` counts the pairs of views that received correspondences
+    ``links`` counts the pairs of views that received correspondences
     (more than one when groups are matched).
     """
-    table = Table(title="pairwise matching (distances in world units)")
-    for col, justify in (("pair", "left"), ("label", "left"), ("points", "right"), ("candidates", "right"),
-                         ("inliers", "right"), ("ratio", "right"), ("RMS", "right"), ("view pairs", "right")):
-        table.add_column(col, justify=justify)
+    table = Table(title="pairwise matching (views as timepoint/setup; distances in world units)")
+    for col, justify in (("pair", "left"), ("label", "left"), ("points", "right"), ("cand.", "right"),
+                         ("inliers", "right"), ("ratio", "right"), ("RMS", "right"), ("links", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
     for r in results:
         m = r.match
         ok = m.ok

@@ -49,6 +49,7 @@ def add_synth_options(p: argparse.ArgumentParser) -> None:
     opt("rotation_error", type=float, metavar="DEG")
     opt("affine_error", type=float, metavar="F")
     opt("content", choices=("beads+tissue", "beads", "nuclei"))
+    opt("bead_density", type=float, metavar="N")
     opt("format", choices=("zarr", "n5", "tiff"))
     opt("ngff_version", choices=("0.4", "0.5"))
     opt("levels", type=int, metavar="N")

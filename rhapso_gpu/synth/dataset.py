@@ -61,6 +61,7 @@ class SynthParams(BaseModel):
     rotation_error: float = Field(0.0, ge=0.0, le=10.0, description="maximum rotation error per tile in degrees")
     affine_error: float = Field(0.0, ge=0.0, le=0.1, description="maximum shear/scale error per tile")
     content: Literal["beads+tissue", "beads", "nuclei"] = Field("beads+tissue", description="what the specimen holds")
+    bead_density: float = Field(5.0, gt=0.0, le=100.0, description="beads per 100,000 world voxels")
     format: Literal["zarr", "n5", "tiff"] = Field("zarr", description="image format")
     ngff_version: Literal["0.4", "0.5"] = Field("0.4", description="OME-NGFF version for zarr (0.4 = zarr v2)")
     levels: int = Field(3, ge=1, le=8, description="pyramid levels including full resolution (zarr, n5)")
@@ -144,7 +145,7 @@ def _plans_and_specimen(params: SynthParams):
     plans = plan_grid(tiles_xyz=params.tiles, tile_size_xyz=params.tile_size, **errors)
     lo, hi = plan_extent(plans)
     content = "beads" if params.content == "beads" else "beads+tissue"
-    specimen = make_specimen(lo, hi, seed=params.seed, content=content)
+    specimen = make_specimen(lo, hi, seed=params.seed, content=content, bead_density=params.bead_density)
     return plans, specimen, bead_ground_truth(specimen)
 
 
