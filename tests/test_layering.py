@@ -10,9 +10,9 @@ ROOT = Path(__file__).parents[1]
 # Bottom to top. A module may import modules of its own floor or of floors below.
 FLOORS = [
     ("io", ["rhapso_gpu.errors", "rhapso_gpu.io"]),
-    ("geometry", ["rhapso_gpu.geometry"]),
+    ("geometry", ["rhapso_gpu.geometry", "rhapso_gpu.models"]),
     ("backend", ["rhapso_gpu.backend", "cpu_fallback"]),
-    ("stages", ["rhapso_gpu.synth", "rhapso_gpu.evaluation"]),
+    ("stages", ["rhapso_gpu.synth", "rhapso_gpu.evaluation", "rhapso_gpu.fusion", "rhapso_gpu.multiscale", "rhapso_gpu.matching", "rhapso_gpu.detection", "rhapso_gpu.solver"]),
     ("orchestration", ["rhapso_gpu.scheduler", "rhapso_gpu.cli", "rhapso_gpu.__main__", "pipelines"]),
 ]
 STAGES = FLOORS[3][1]

@@ -11,10 +11,10 @@ import logging
 import sys
 
 from rhapso_gpu import __version__
-from rhapso_gpu.cli import demo, evaluate, info, synth
+from rhapso_gpu.cli import align, demo, detect, evaluate, fuse, info, match, multiscale, solve, synth
 from rhapso_gpu.errors import UserError
 
-COMMANDS = (synth, info, evaluate, demo)
+COMMANDS = (synth, info, evaluate, demo, detect, fuse, multiscale, match, solve, align)
 
 
 def build_parser() -> argparse.ArgumentParser:

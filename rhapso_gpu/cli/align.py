@@ -1,0 +1,154 @@
+"""``rhapso-gpu align XML``: the whole alignment a new user wants, one command.
+
+Stages, each skippable and tunable in the YAML (``params/align.yml``):
+detect -> match_rigid -> solve_rigid -> match_affine -> solve_affine. The
+second matching runs from the rigid result, so it can search a small radius
+and finds more (and more exact) correspondences than the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.table import Table
+
+from rhapso_gpu.cli._options import add_common, add_compute
+from rhapso_gpu.cli.solve import print_report, solve_xml
+from rhapso_gpu.detection import DetectParams, detect_interest_points, save_interest_points
+from rhapso_gpu.errors import UserError
+from rhapso_gpu.io.params import load_params, parse_set_options, validate_params
+from rhapso_gpu.io.spimdata_xml import load_spimdata, save_spimdata
+from rhapso_gpu.matching.params import MatchParams
+from rhapso_gpu.matching.views import match_dataset, store_results
+from rhapso_gpu.scheduler import open_cluster
+from rhapso_gpu.solver import SolveParams
+
+STAGES = ("detect", "match_rigid", "solve_rigid", "match_affine", "solve_affine")
+
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Full resolution in x/y: localisation at the coarser level limits the result to ~1 px.
+    "detect": {"dsxy": 1},
+    # Tiled data: thin overlaps hold too few common beads with the same neighbours for descriptors, so
+    # the first matching takes the offset most point pairs agree on (search_radius above the stage error).
+    "match_rigid": {"method": "offset-consensus", "model": "rigid", "min_inliers": 5, "search_radius": 35.0},
+    # Sub-pixel data: BigStitcher's STRICT link removal (2.5 x mean tile error, 3.5 px) catches a wrong link that
+    # the RELAXED default lets spread over a small grid; good links stay below its 0.75 px floor.
+    "solve_rigid": {"model": "rigid", "relative_threshold": 2.5, "absolute_threshold": 3.5},
+    # From the rigid result every pair is within a pixel or two: a small radius, a tight epsilon; the pairwise
+    # model stays rigid (a thin overlap slab does not determine a pairwise affine; the solve fits the affine).
+    "match_affine": {"method": "offset-consensus", "model": "rigid", "min_inliers": 5, "search_radius": 10.0,
+                     "max_epsilon": 2.5},
+    # The affine only where the matches support it (F-test against the rigid solve of the same matches).
+    "solve_affine": {"model": "affine", "regularizer": "rigid", "lambda": 0.1, "select_model": True,
+                     "relative_threshold": 2.5, "absolute_threshold": 3.5},
+}
+STAGE_PARAMS = {"detect": DetectParams, "match_rigid": MatchParams, "solve_rigid": SolveParams,
+                "match_affine": MatchParams, "solve_affine": SolveParams}
+
+
+class AlignParams(BaseModel):
+    """``align`` parameters: one mapping per stage (keys of that stage's parameters, plus ``skip``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detect: dict[str, Any] = Field({}, description="DetectParams (params/detect.yml)")
+    match_rigid: dict[str, Any] = Field({}, description="MatchParams of the first matching (params/match.yml)")
+    solve_rigid: dict[str, Any] = Field({}, description="SolveParams of the rigid solve (params/solve.yml)")
+    match_affine: dict[str, Any] = Field({}, description="MatchParams of the second matching")
+    solve_affine: dict[str, Any] = Field({}, description="SolveParams of the affine solve")
+
+    def stage(self, name: str, source: str = "align parameters") -> tuple[bool, BaseModel]:
+        """``(skip, validated parameters)`` of a stage: the align defaults, then the user's values."""
+        values = {**STAGE_DEFAULTS[name], **getattr(self, name)}
+        skip = bool(values.pop("skip", False))
+        return skip, validate_params(STAGE_PARAMS[name], values, f"{source}: {name}")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "align",
+        help="detect, match and solve (rigid, then affine) in one command",
+        description="Align a dataset: detect interest points, match them (rigid), solve rigid, match again "
+        "from the rigid result (affine), solve affine. Every stage is skippable and tunable in --params "
+        "(see params/align.yml); --set stage.key=value overrides one value. Prints a table per stage; the "
+        "XML is updated in place (backups ~1..~5) with one transform per solve, and each solve writes a "
+        "JSON report next to the XML.",
+    )
+    p.add_argument("xml", help="dataset.xml (local path or s3:// URL)")
+    p.add_argument("--params", metavar="YAML", help="parameter file (see params/align.yml)")
+    p.add_argument("--set", action="append", metavar="STAGE.KEY=VALUE", help="override one value (repeatable)")
+    p.add_argument("--skip", action="append", choices=STAGES, default=[], help="skip a stage (repeatable)")
+    add_compute(p)
+    add_common(p)
+    p.set_defaults(run=run)
+
+
+def align_params(args: argparse.Namespace) -> AlignParams:
+    """Validated parameters: --params file, then ``--set stage.key=value``, then ``--skip``."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in parse_set_options(args.set).items():
+        stage, dot, name = key.partition(".")
+        if not dot or stage not in STAGES:
+            raise UserError(f"--set {key}: expected STAGE.KEY=VALUE with STAGE one of {', '.join(STAGES)}")
+        nested.setdefault(stage, {})[name] = value
+    params = load_params(AlignParams, args.params, {})
+    for stage in STAGES:
+        extra = {**nested.get(stage, {}), **({"skip": True} if stage in args.skip else {})}
+        if extra:
+            setattr(params, stage, {**getattr(params, stage), **extra})
+    return params
+
+
+def _detect(args, params: DetectParams, cluster) -> str:
+    spim = load_spimdata(args.xml)
+    result = detect_interest_points(spim, params, cluster, args.backend)
+    save_interest_points(spim, result, params)
+    save_spimdata(spim, args.xml)
+    n = sum(len(vp.loc_xyz) for vp in result.views.values())
+    return f"{n} points '{params.label}' in {len(result.views)} views"
+
+
+def _match(args, params: MatchParams, cluster) -> str:
+    spim = load_spimdata(args.xml)
+    results = match_dataset(spim, params, cluster, args.backend)
+    store_results(spim, results, params)
+    ok = [r for r in results if r.match.ok]
+    n = sum(int(r.match.index_a.size) for r in ok)
+    return f"{len(ok)} of {len(results)} pairs matched, {n} correspondences ({params.method}, {params.model})"
+
+
+def _solve(args, params: SolveParams, console: Console) -> str:
+    report, location = solve_xml(args.xml, params)
+    print_report(report, console, title=f"solve {params.model}")
+    return (f"{report['links']} links, residual RMS {report['rms']} / max {report['max']} px, "
+            f"{len(report['removed_links'])} removed, {len(report['placed_by_metadata'])} by metadata; {location}")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = align_params(args)
+    source = args.params or "align parameters"
+    stages = {name: params.stage(name, source) for name in STAGES}  # validate everything before starting
+    console = Console(highlight=False)
+    summary = Table(title=f"align {args.xml}")
+    for col in ("stage", "seconds", "result"):
+        summary.add_column(col, justify="right" if col == "seconds" else "left")
+    with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster:
+        for name, (skip, stage_params) in stages.items():
+            if skip:
+                summary.add_row(name, "", "skipped")
+                continue
+            start = time.perf_counter()
+            if name == "detect":
+                text = _detect(args, stage_params, cluster)
+            elif name.startswith("match"):
+                text = _match(args, stage_params, cluster)
+            else:
+                text = _solve(args, stage_params, console)
+            summary.add_row(name, f"{time.perf_counter() - start:.1f}", text)
+            console.print(f"[bold]{name}[/bold]: {text}")
+    console.print(summary)
+    return 0

@@ -1,0 +1,408 @@
+"""Direct sparse solves of the global optimisation (translation, rigid, affine, regularised affine).
+
+The error of tile models ``M_i`` (3x4, xyz) over all links is
+
+    E(M) = sum_links sum_matches w |M_a h_a - M_b h_b|^2 = sum_r x_r^T K x_r
+
+with ``x_r`` the r-th rows of all models stacked (4 per tile) and ``K`` the
+block-sparse matrix with diagonal blocks ``D_i = sum S_ii`` and off-diagonal
+blocks ``-S_ij`` (see :class:`~rhapso_gpu.solver.graph.LinkMoments`).
+
+mpicbg's ``TileConfiguration`` fits each tile in turn to its neighbours'
+current positions until nothing changes. Its fixed point is what is solved here
+directly:
+
+* translation, affine: the fixed point minimises ``E`` (block-coordinate
+  stationarity is global stationarity of a convex quadratic); one sparse solve.
+* rigid: a stationary point of ``E`` over rotations and translations; Gauss-Newton
+  on ``E`` with rotations about each tile's centre, a sparse solve per step.
+* regularised affine, ``M_i = (1 - lambda) Aff_i(M) + lambda Reg_i(M)``: with the
+  regulariser's fits ``G = Reg(M)`` held, the equation is linear,
+  ``(D - (1 - lambda) O) X = lambda D G`` (``O`` the off-diagonal blocks), so
+  alternate a sparse solve and the regulariser fits until ``M`` stops changing.
+
+The per-tile fits are those of :mod:`rhapso_gpu.models`, applied to six virtual
+point pairs per tile that have exactly the tile's weighted moments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from rhapso_gpu.models import FITS, TransformModel
+from rhapso_gpu.solver.graph import LinkMoments
+
+IDENTITY = np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1)
+
+
+@dataclass
+class SolveStats:
+    """How a solve went: outer iterations and the last change of the models (world units)."""
+
+    iterations: int
+    change: float
+    converged: bool
+
+
+def _block_matrix(n_tiles, link_a, link_b, moments: LinkMoments, off_scale: float = 1.0, diag: bool = True):
+    """The 4n x 4n sparse matrix with blocks ``D_i`` (if ``diag``) and ``-off_scale * S_ij``."""
+    idx = np.arange(4)
+    rows, cols, vals = [], [], []
+
+    def add(ti, tj, blocks):
+        rows.append((4 * ti[:, None, None] + idx[None, :, None]).repeat(4, axis=2).ravel())
+        cols.append((4 * tj[:, None, None] + idx[None, None, :]).repeat(4, axis=1).ravel())
+        vals.append(blocks.ravel())
+
+    if diag:
+        add(link_a, link_a, moments.s_aa)
+        add(link_b, link_b, moments.s_bb)
+    add(link_a, link_b, -off_scale * moments.s_ab)
+    add(link_b, link_a, -off_scale * np.swapaxes(moments.s_ab, 1, 2))
+    n = 4 * n_tiles
+    if not rows:
+        return sp.csr_matrix((n, n))
+    return sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).tocsr()
+
+
+def _tile_diagonal(n_tiles, link_a, link_b, moments: LinkMoments) -> np.ndarray:
+    """``D_i = sum S_ii`` per tile, (n, 4, 4)."""
+    d = np.zeros((n_tiles, 4, 4))
+    np.add.at(d, link_a, moments.s_aa)
+    np.add.at(d, link_b, moments.s_bb)
+    return d
+
+
+DIRECT_MAX = 20_000
+"""Largest system solved by sparse LU; larger ones by block-Jacobi preconditioned conjugate gradients."""
+CG_RTOL = 1e-12
+"""Relative residual at which conjugate gradients stop."""
+
+
+def _sparse_solve(a: sp.spmatrix, b: np.ndarray, block: int, x0: np.ndarray | None = None) -> np.ndarray:
+    """Solve a sparse symmetric positive definite system for one or several right sides.
+
+    Up to :data:`DIRECT_MAX` unknowns: sparse LU in symmetric mode (minimum-degree
+    ordering of ``A + A^T``, diagonal pivots). Beyond, where fill-in of a 3-D
+    grid's factor grows faster than the unknowns, conjugate gradients
+    preconditioned with the inverse ``block`` x ``block`` diagonal blocks (one
+    tile each), started from ``x0``.
+    """
+    n = a.shape[0]
+    if n == 0:
+        return np.zeros_like(b)
+    if n <= DIRECT_MAX:
+        lu = spla.splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                       options={"SymmetricMode": True})
+        return lu.solve(b)
+    a = a.tocsr()
+    coo = a.tocoo()
+    same = coo.row // block == coo.col // block
+    blocks = np.zeros((n // block, block, block))
+    blocks[coo.row[same] // block, coo.row[same] % block, coo.col[same] % block] = coo.data[same]
+    inv = np.linalg.inv(blocks)
+    precond = sp.bsr_matrix((inv, np.arange(n // block), np.arange(n // block + 1)), shape=(n, n)).tocsr()
+    columns = b.reshape(n, -1)
+    start = np.zeros_like(columns) if x0 is None else x0.reshape(n, -1)
+    out = np.empty_like(columns)
+    for j in range(columns.shape[1]):
+        out[:, j], info = spla.cg(a, columns[:, j], x0=start[:, j], rtol=CG_RTOL, maxiter=20 * n, M=precond)
+        if info != 0:  # not converged: the exact factorisation, however slow
+            out[:, j] = spla.splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                                  options={"SymmetricMode": True}).solve(columns[:, j])
+    return out.reshape(b.shape)
+
+
+def _free_index(free: np.ndarray, dof: int) -> np.ndarray:
+    return (dof * np.flatnonzero(free)[:, None] + np.arange(dof)).ravel()
+
+
+def tile_fit_moments(n_tiles, link_a, link_b, moments: LinkMoments, models: np.ndarray, use=None):
+    """Each tile's weighted moments towards its neighbours' current positions.
+
+    Returns
+    -------
+    d : ndarray (n, 4, 4)
+        ``sum w h h^T`` of the tile's own points.
+    c : ndarray (n, 4, 3)
+        ``sum w h q^T`` with ``q = M_j h_j`` the partner's current position.
+    """
+    use = np.ones(len(link_a), bool) if use is None else use
+    la, lb = link_a[use], link_b[use]
+    s_aa, s_bb, s_ab = moments.s_aa[use], moments.s_bb[use], moments.s_ab[use]
+    d = np.zeros((n_tiles, 4, 4))
+    np.add.at(d, la, s_aa)
+    np.add.at(d, lb, s_bb)
+    c = np.zeros((n_tiles, 4, 3))
+    np.add.at(c, la, s_ab @ np.swapaxes(models[lb], 1, 2))
+    np.add.at(c, lb, np.swapaxes(s_ab, 1, 2) @ np.swapaxes(models[la], 1, 2))
+    return d, c
+
+
+def virtual_points(d: np.ndarray, c: np.ndarray):
+    """Six weighted point pairs per tile with exactly the moments ``d`` and ``c``.
+
+    The translation, rigid and affine least-squares fits depend on matches only
+    through ``sum w``, ``sum w p``, ``sum w q``, ``sum w p p^T`` and
+    ``sum w p q^T``; the points ``p_mean +- s_k u_k`` (``u_k``, ``s_k`` from the
+    eigen-decomposition of the weighted covariance) with targets
+    ``q_mean +- d_k`` reproduce all of them.
+
+    Returns
+    -------
+    src, dst : ndarray (n, 6, 3)
+    weights : ndarray (n, 6)
+    """
+    w = d[:, 3, 3]
+    safe = np.where(w > 0, w, 1.0)
+    p_mean = d[:, :3, 3] / safe[:, None]
+    q_mean = c[:, 3, :] / safe[:, None]
+    cov = d[:, :3, :3] - safe[:, None, None] * p_mean[:, :, None] * p_mean[:, None, :]
+    cross = c[:, :3, :] - safe[:, None, None] * p_mean[:, :, None] * q_mean[:, None, :]
+    lam, u = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, 1, 2)))
+    s = np.sqrt(np.clip(3.0 * lam / safe[:, None], 0.0, None))  # (n, 3)
+    proj = np.einsum("nik,nij->nkj", u, cross)  # u_k^T cross, (n, 3 k, 3)
+    tiny = s <= 1e-12 * (1.0 + np.abs(p_mean).max(axis=1, keepdims=True))
+    dk = np.where(tiny[:, :, None], 0.0, 3.0 / (safe[:, None, None] * np.where(tiny, 1.0, s)[:, :, None]) * proj)
+    offs = np.swapaxes(u, 1, 2) * s[:, :, None]  # (n, k, 3): s_k u_k
+    src = np.concatenate([p_mean[:, None] + offs, p_mean[:, None] - offs], axis=1)
+    dst = np.concatenate([q_mean[:, None] + dk, q_mean[:, None] - dk], axis=1)
+    weights = np.repeat((w / 6.0)[:, None], 6, axis=1)
+    return src, dst, weights
+
+
+def fit_tiles(kind: str, d: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Fit one model kind (``models.FITS``) per tile from its moments; NaN where undetermined."""
+    src, dst, w = virtual_points(d, c)
+    return FITS[kind](src, dst, w)
+
+
+def _linear_solve(k: sp.csr_matrix, rhs: np.ndarray, free: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """Solve ``K X = rhs`` for the free tiles' rows (4 per tile), fixed tiles moved to the right side."""
+    n = len(free)
+    x_all = np.swapaxes(models, 1, 2).reshape(4 * n, 3).copy()
+    fi = _free_index(free, 4)
+    xi = _free_index(~free, 4)
+    b = rhs[fi] - k[fi][:, xi] @ x_all[xi]
+    x_all[fi] = _sparse_solve(k[fi][:, fi], b, 4, x_all[fi])
+    return np.swapaxes(x_all.reshape(n, 4, 3), 1, 2)
+
+
+def solve_translation(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray, models: np.ndarray):
+    """Translations minimising ``E`` with the linear parts of ``models`` held (identity in practice)."""
+    free = ~fixed
+    # E over translations t: a weighted graph Laplacian, L t = r; only the (3,3) entries (sum w) couple.
+    wl = moments.s_ab[:, 3, 3]
+    lap = sp.coo_matrix(
+        (np.concatenate([wl, wl, -wl, -wl]),
+         (np.concatenate([link_a, link_b, link_a, link_b]), np.concatenate([link_a, link_b, link_b, link_a]))),
+        shape=(n_tiles, n_tiles),
+    ).tocsr()
+    # sum over links of w (A_b p_b - A_a p_a), per tile (with sign)
+    ya = np.einsum("lij,lj->li", models[link_a, :, :3], moments.s_ab[:, :3, 3])  # sum w A_a p_a
+    yb = np.einsum("lij,lj->li", models[link_b, :, :3], moments.s_ab[:, 3, :3])  # sum w A_b p_b
+    rhs = np.zeros((n_tiles, 3))
+    np.add.at(rhs, link_a, yb - ya)
+    np.add.at(rhs, link_b, ya - yb)
+    t = models[:, :, 3].copy()
+    fi, xi = np.flatnonzero(free), np.flatnonzero(fixed)
+    b = rhs[fi] - lap[fi][:, xi] @ t[xi]
+    t[fi] = _sparse_solve(lap[fi][:, fi], b, 1, t[fi])
+    out = models.copy()
+    out[:, :, 3] = t
+    return out, SolveStats(1, 0.0, True)
+
+
+def solve_affine(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray, models: np.ndarray,
+                 model: TransformModel, max_iterations: int = 100, tolerance: float = 1e-6, extent: float = 1.0):
+    """Affine or regularised affine: the fixed point of ``M = (1 - lambda) Aff(M) + lambda Reg(M)``.
+
+    Parameters
+    ----------
+    tolerance : float
+        Stop when no tile's model moves a point within ``extent`` of the origin
+        by more than this (world units).
+    extent : float
+        Size of the region the tolerance refers to (world units).
+    """
+    lam = model.lam if model.regularized else 0.0
+    free = ~fixed
+    d = _tile_diagonal(n_tiles, link_a, link_b, moments)
+    determined = affine_determined(d)
+    if lam == 0.0 and determined[free].all():
+        k = _block_matrix(n_tiles, link_a, link_b, moments)
+        return _linear_solve(k, np.zeros((4 * n_tiles, 3)), free, models), SolveStats(1, 0.0, True)
+    # tiles whose matches do not determine an affine follow the regulariser alone (M_i = G_i), held in the solve
+    k = _block_matrix(n_tiles, link_a, link_b, moments, off_scale=1.0 - lam)
+    solved = free & determined
+    reg_kind = model.regularizer if model.regularized else "rigid"
+
+    def step(current: np.ndarray) -> np.ndarray:
+        dd, c = tile_fit_moments(n_tiles, link_a, link_b, moments, current)
+        g = fit_tiles(reg_kind, dd, c)
+        g = np.where(np.isfinite(g), g, current)
+        held = np.where((free & ~determined)[:, None, None], g, current)
+        rhs = lam * (d @ np.swapaxes(g, 1, 2)).reshape(4 * n_tiles, 3)
+        return _linear_solve(k, rhs, solved, held)
+
+    return anderson(step, models, max_iterations, tolerance, extent)
+
+
+def tile_extent(n_tiles, link_a, link_b, moments: LinkMoments) -> float:
+    """Largest spread of a tile's matched points, ``2 sqrt(trace cov)`` (world units): the size tolerances refer to."""
+    d = _tile_diagonal(n_tiles, link_a, link_b, moments)
+    w = np.maximum(d[:, 3, 3], 1e-300)
+    mean = d[:, :3, 3] / w[:, None]
+    var = np.trace(d[:, :3, :3], axis1=1, axis2=2) / w - (mean**2).sum(axis=1)
+    return float(2.0 * np.sqrt(np.clip(var, 0.0, None)).max(initial=1.0))
+
+
+def affine_determined(d: np.ndarray, rel: float = 1e-8) -> np.ndarray:
+    """Tiles whose matched points determine an affine: their weighted covariance has full rank, (n,) bool."""
+    w = d[:, 3, 3]
+    safe = np.where(w > 0, w, 1.0)
+    mean = d[:, :3, 3] / safe[:, None]
+    cov = d[:, :3, :3] / safe[:, None, None] - mean[:, :, None] * mean[:, None, :]
+    ev = np.linalg.eigvalsh(0.5 * (cov + np.swapaxes(cov, 1, 2)))
+    return (w > 0) & (ev[:, 0] > rel * np.maximum(ev[:, 2], 1e-300))
+
+
+def anderson(step, models: np.ndarray, max_iterations: int, tolerance: float, extent: float, depth: int = 5):
+    """Fixed point ``M = step(M)`` by Anderson-accelerated iteration (type II, ``depth`` last steps).
+
+    Plain iteration of the regularised fixed point converges slowly (the
+    regulariser's fits follow the models); mixing the last few steps by least
+    squares converges in a few dozen.
+    """
+    xs, fs = [], []
+    change = best = np.inf
+    x = models
+    for it in range(1, max_iterations + 1):
+        fx = step(x)
+        change = model_change(fx, x, extent)
+        if change <= tolerance:
+            return fx, SolveStats(it, change, True)
+        if change > best:  # the mixed step did worse: restart from a plain step
+            xs, fs, x = [], [], fx
+            continue
+        best = change
+        xs.append(x.ravel())
+        fs.append(fx.ravel() - x.ravel())
+        xs, fs = xs[-(depth + 1):], fs[-(depth + 1):]
+        if len(fs) > 1:
+            df = np.diff(np.array(fs), axis=0).T
+            dx = np.diff(np.array(xs), axis=0).T
+            gamma = np.linalg.lstsq(df, fs[-1], rcond=1e-12)[0]
+            x = (x.ravel() + fs[-1] - (dx + df) @ gamma).reshape(x.shape)
+        else:
+            x = fx
+    return x, SolveStats(max_iterations, change, False)
+
+
+def model_change(new: np.ndarray, old: np.ndarray, extent: float) -> float:
+    """Largest displacement between two model sets of a point within ``extent`` of the origin."""
+    diff = new - old
+    return float((np.abs(diff[:, :, 3]).sum(axis=1) + extent * np.abs(diff[:, :, :3]).sum(axis=(1, 2))).max(initial=0))
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    """Cross-product matrices ``[v]x`` of vectors ``(..., 3)``."""
+    z = np.zeros(v.shape[:-1])
+    return np.stack([
+        np.stack([z, -v[..., 2], v[..., 1]], -1),
+        np.stack([v[..., 2], z, -v[..., 0]], -1),
+        np.stack([-v[..., 1], v[..., 0], z], -1),
+    ], -2)
+
+
+def _rotation(omega: np.ndarray) -> np.ndarray:
+    """Rodrigues: rotation matrices ``exp([omega]x)`` of rotation vectors ``(n, 3)`` (radians)."""
+    theta = np.linalg.norm(omega, axis=1)
+    k = _skew(omega)
+    small = theta < 1e-12
+    th = np.where(small, 1.0, theta)
+    a = np.where(small, 1.0, np.sin(th) / th)
+    b = np.where(small, 0.5, (1 - np.cos(th)) / th**2)
+    return np.eye(3) + a[:, None, None] * k + b[:, None, None] * (k @ k)
+
+
+def solve_rigid(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray, models: np.ndarray,
+                centers: np.ndarray, max_iterations: int = 100, tolerance: float = 1e-6, extent: float = 1.0):
+    """Rigid models at a stationary point of ``E``: Gauss-Newton from ``models``.
+
+    Each step perturbs tile ``i`` as ``y -> y + omega_i x (y - c_i) + delta_i``
+    (``c_i`` its centre, world units), minimises the quadratic ``E`` of the
+    perturbed affines over the 6 parameters of every free tile (one sparse
+    solve), then applies the exact rotation ``exp([omega]x)`` so models stay rigid.
+    A step that would raise ``E`` is halved.
+    """
+    free = ~fixed
+    kmat = _block_matrix(n_tiles, link_a, link_b, moments)
+    q = sp.kron(kmat, sp.identity(3), format="csr")  # index 12 i + 3 c + r: entry (r, c) of M_i
+    fi = np.flatnonzero(free)
+    energy = _energy(q, models)
+    change = np.inf
+    for it in range(1, max_iterations + 1):
+        if fi.size == 0:
+            return models, SolveStats(0, 0.0, True)
+        basis = _rigid_basis(models[fi], centers[fi])  # (f, 12, 6)
+        rows = (12 * fi[:, None, None] + np.arange(12)[None, :, None]).repeat(6, axis=2)
+        cols = (6 * np.arange(fi.size)[:, None, None] + np.arange(6)[None, None, :]).repeat(12, axis=1)
+        b = sp.csr_matrix((basis.ravel(), (rows.ravel(), cols.ravel())), shape=(12 * n_tiles, 6 * fi.size))
+        m = _vec(models)
+        qb = q @ b
+        normal = (b.T @ qb).tocsr()
+        # a tiny Levenberg term fixes the rotation of a tile held by one or two matches (minimum-norm step)
+        normal = normal + sp.diags(1e-12 * normal.diagonal().max(initial=1.0) * np.ones(normal.shape[0]))
+        theta = _sparse_solve(normal, -(qb.T @ m), 6)
+        step = 1.0
+        while True:
+            new = _apply_rigid_step(models, fi, step * theta.reshape(-1, 6), centers)
+            new_energy = _energy(q, new)
+            if new_energy <= energy:
+                break
+            step *= 0.5
+            if step < 1e-4:  # no descent left along the Gauss-Newton step: stationary to rounding
+                return models, SolveStats(it, 0.0, True)
+        change = model_change(new, models, extent)
+        models, energy = new, new_energy
+        if change <= tolerance:
+            return models, SolveStats(it, change, True)
+    return models, SolveStats(max_iterations, change, False)
+
+
+def _vec(models: np.ndarray) -> np.ndarray:
+    """Stack models (n, 3, 4) as index ``12 i + 3 c + r``."""
+    return np.swapaxes(models, 1, 2).reshape(-1)
+
+
+def _energy(q: sp.csr_matrix, models: np.ndarray) -> float:
+    m = _vec(models)
+    return float(m @ (q @ m))
+
+
+def _rigid_basis(models: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Derivatives (f, 12, 6) of the vectorised models by (omega, delta) at zero."""
+    f = len(models)
+    shifted = models.copy()
+    shifted[:, :, 3] -= centers
+    basis = np.zeros((f, 3, 4, 6))
+    for k in range(3):
+        e = np.zeros(3)
+        e[k] = 1.0
+        basis[:, :, :, k] = _skew(e) @ shifted  # d M / d omega_k = [e_k]x [A | t - c]
+        basis[:, k, 3, 3 + k] = 1.0
+    return np.swapaxes(basis, 1, 2).reshape(f, 12, 6)
+
+
+def _apply_rigid_step(models: np.ndarray, fi: np.ndarray, theta: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    new = models.copy()
+    rot = _rotation(theta[:, :3])
+    c = centers[fi]
+    new[fi, :, :3] = rot @ models[fi, :, :3]
+    new[fi, :, 3] = np.einsum("nij,nj->ni", rot, models[fi, :, 3] - c) + c + theta[:, 3:]
+    return new
