@@ -103,52 +103,71 @@ def align_params(args: argparse.Namespace) -> AlignParams:
     return params
 
 
-def _detect(args, params: DetectParams, cluster) -> str:
-    spim = load_spimdata(args.xml)
-    result = detect_interest_points(spim, params, cluster, args.backend)
+def _detect(xml: str, backend: str, params: DetectParams, cluster) -> str:
+    spim = load_spimdata(xml)
+    result = detect_interest_points(spim, params, cluster, backend)
     save_interest_points(spim, result, params)
-    save_spimdata(spim, args.xml)
+    save_spimdata(spim, xml)
     n = sum(len(vp.loc_xyz) for vp in result.views.values())
     return f"{n} points '{params.label}' in {len(result.views)} views"
 
 
-def _match(args, params: MatchParams, cluster) -> str:
-    spim = load_spimdata(args.xml)
-    results = match_dataset(spim, params, cluster, args.backend)
+def _match(xml: str, backend: str, params: MatchParams, cluster) -> str:
+    spim = load_spimdata(xml)
+    results = match_dataset(spim, params, cluster, backend)
     store_results(spim, results, params)
     ok = [r for r in results if r.match.ok]
     n = sum(int(r.match.index_a.size) for r in ok)
     return f"{len(ok)} of {len(results)} pairs matched, {n} correspondences ({params.method}, {params.model})"
 
 
-def _solve(args, params: SolveParams, console: Console) -> str:
-    report, location = solve_xml(args.xml, params)
+def _solve(xml: str, params: SolveParams, console: Console) -> str:
+    report, location = solve_xml(xml, params)
     print_report(report, console, title=f"solve {params.model}")
     return (f"{report['links']} links, residual RMS {report['rms']} / max {report['max']} px, "
             f"{len(report['removed_links'])} removed, {len(report['placed_by_metadata'])} by metadata; {location}")
 
 
+def run_alignment(
+    xml: str, params: AlignParams, cluster, backend: str, console: Console, source: str = "align parameters"
+) -> list[tuple[str, float | None, str]]:
+    """Run the alignment stages on ``xml`` (updated in place, with backups).
+
+    Returns
+    -------
+    list of (stage, seconds, result)
+        One row per stage; ``seconds`` is None for a skipped stage.
+    """
+    stages = {name: params.stage(name, source) for name in STAGES}  # validate everything before starting
+    rows: list[tuple[str, float | None, str]] = []
+    for name, (skip, stage_params) in stages.items():
+        if skip:
+            rows.append((name, None, "skipped"))
+            continue
+        start = time.perf_counter()
+        if name == "detect":
+            text = _detect(xml, backend, stage_params, cluster)
+        elif name.startswith("match"):
+            text = _match(xml, backend, stage_params, cluster)
+        else:
+            text = _solve(xml, stage_params, console)
+        rows.append((name, time.perf_counter() - start, text))
+        console.print(f"[bold]{name}[/bold]: {text}")
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     params = align_params(args)
     source = args.params or "align parameters"
-    stages = {name: params.stage(name, source) for name in STAGES}  # validate everything before starting
+    for name in STAGES:  # validate everything before starting workers
+        params.stage(name, source)
     console = Console(highlight=False)
+    with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster:
+        rows = run_alignment(args.xml, params, cluster, args.backend, console, source)
     summary = Table(title=f"align {args.xml}")
     for col in ("stage", "seconds", "result"):
         summary.add_column(col, justify="right" if col == "seconds" else "left")
-    with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster:
-        for name, (skip, stage_params) in stages.items():
-            if skip:
-                summary.add_row(name, "", "skipped")
-                continue
-            start = time.perf_counter()
-            if name == "detect":
-                text = _detect(args, stage_params, cluster)
-            elif name.startswith("match"):
-                text = _match(args, stage_params, cluster)
-            else:
-                text = _solve(args, stage_params, console)
-            summary.add_row(name, f"{time.perf_counter() - start:.1f}", text)
-            console.print(f"[bold]{name}[/bold]: {text}")
+    for name, seconds, text in rows:
+        summary.add_row(name, "" if seconds is None else f"{seconds:.1f}", text)
     console.print(summary)
     return 0
