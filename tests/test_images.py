@@ -355,7 +355,8 @@ def test_unknown_loader_and_missing_view(written):
     )
     expected = (
         f"{folder / 'dataset.xml'}: image loader format 'bdv.hdf5' is not supported "
-        "(supported: bdv.multimg.zarr, bdv.n5, spimreconstruction.filemap2)"
+        "(supported: bdv.multimg.zarr, bdv.n5, spimreconstruction.filemap2, "
+        "split.imgloader, split.multiresolutionimgloader, split.viewerimgloader)"
     )
     with pytest.raises(UserError) as err:
         open_view_levels(spim, ViewId(0, 0))

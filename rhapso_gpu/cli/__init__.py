@@ -11,10 +11,10 @@ import logging
 import sys
 
 from rhapso_gpu import __version__
-from rhapso_gpu.cli import align, demo, detect, evaluate, fuse, info, match, multiscale, solve, synth
+from rhapso_gpu.cli import align, demo, detect, evaluate, fuse, info, match, multiscale, solve, split, synth
 from rhapso_gpu.errors import UserError
 
-COMMANDS = (synth, info, evaluate, demo, detect, fuse, multiscale, match, solve, align)
+COMMANDS = (synth, info, evaluate, demo, detect, fuse, multiscale, match, solve, align, split)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ Supported loader formats (each parsed in its own private module):
 * ``bdv.multimg.zarr`` (OME-Zarr, NGFF 0.4 / zarr v2 and 0.5 / zarr v3) - ``_zarr_loader``
 * ``bdv.n5`` - ``_n5_loader``
 * ``spimreconstruction.filemap2`` (TIFF, one level) - ``_tiff_loader``
+* ``split.imgloader`` / ``split.multiresolutionimgloader`` / ``split.viewerimgloader``
+  (sub-views of any of these) - ``_split_loader``
 
 Errors in the document or the image files are :class:`UserError` naming the
 view (``tp0/setup3``) and the file; so are unreadable chunks at compute time.
@@ -22,7 +24,7 @@ import dask.array as da
 import numpy as np
 
 from rhapso_gpu.errors import UserError
-from rhapso_gpu.io import _n5_loader, _tiff_loader, _zarr_loader
+from rhapso_gpu.io import _n5_loader, _split_loader, _tiff_loader, _zarr_loader
 from rhapso_gpu.io._loader_common import array_source
 from rhapso_gpu.io.spimdata import SpimData, ViewId
 
@@ -31,6 +33,7 @@ _LOADERS = {
     "bdv.n5": _n5_loader.open_levels,
     "spimreconstruction.filemap2": _tiff_loader.open_levels,
 }
+_LOADERS.update(dict.fromkeys(_split_loader.FORMATS, _split_loader.opener(_LOADERS)))
 
 
 @dataclass(frozen=True)
