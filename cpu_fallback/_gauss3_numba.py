@@ -7,20 +7,7 @@ from __future__ import annotations
 
 from numba import njit
 
-
-@njit(cache=True, inline="always", nogil=True)
-def _mirror(i, n):
-    if 0 <= i < n:
-        return i
-    if -n <= i < 0:
-        return -i - 1
-    if n <= i < 2 * n:
-        return 2 * n - 1 - i
-    period = 2 * n
-    i = i % period
-    if i < 0:
-        i += period
-    return i if i < n else period - 1 - i
+from cpu_fallback._numba_util import mirror_index as _mirror
 
 
 @njit(cache=True, nogil=True)
