@@ -139,3 +139,45 @@ def overlapping_pairs(
                 continue
             pairs.append((a, b))
     return sorted(pairs)
+
+
+def propose_mipmap_factors(
+    shape_xyz, voxel_size_xyz, max_levels: int | None = None, min_size: int = 16, max_top_size: int = 256
+) -> list[tuple[int, int, int]]:
+    """Relative downsampling factors (x, y, z) for each new pyramid level.
+
+    Every axis is halved except those whose current voxel is already 2x (or
+    more) coarser than the finest, so isotropic data gets 2x2x2 and
+    anisotropic data 2x2x1 until x and y catch up (BigDataViewer's rule).
+
+    Parameters
+    ----------
+    shape_xyz : sequence of int
+        Full-resolution size in pixels (x, y, z).
+    voxel_size_xyz : sequence of float
+        Voxel size (x, y, z), any unit.
+    max_levels : int, optional
+        At most this many levels in all, level 0 included. Without it, levels
+        are added while the top level has an axis above ``max_top_size``.
+    min_size : int
+        No axis is halved below this many pixels.
+    max_top_size : int
+        See ``max_levels``.
+
+    Returns
+    -------
+    list of tuple of int
+        One (fx, fy, fz) per level above 0, relative to the level below.
+    """
+    size = np.asarray(shape_xyz, dtype=np.int64)
+    step = np.asarray(voxel_size_xyz, dtype=float)
+    factors: list[tuple[int, int, int]] = []
+    while max_levels is None or len(factors) + 1 < max_levels:
+        if max_levels is None and np.all(size <= max_top_size):
+            break
+        f = np.where((step < 2 * step.min() - 1e-9) & (size // 2 >= min_size), 2, 1)
+        if np.all(f == 1):
+            break
+        factors.append(tuple(int(v) for v in f))
+        size, step = size // f, step * f
+    return factors

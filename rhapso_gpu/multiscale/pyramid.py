@@ -21,6 +21,7 @@ import numpy as np
 
 from rhapso_gpu.backend import downsample_mean, get_backend
 from rhapso_gpu.errors import UserError
+from rhapso_gpu.geometry import propose_mipmap_factors
 from rhapso_gpu.io import ome_zarr
 
 log = logging.getLogger("rhapso_gpu")
@@ -43,26 +44,15 @@ class PyramidResult:
 
 
 def propose_factors(shape_zyx, voxel_size_xyz, max_levels: int | None = None) -> list[tuple[int, int, int]]:
-    """Relative factors (x, y, z) per new level: 2 on every axis, 1 on axes already 2x coarser than the finest.
+    """Relative factors (x, y, z) per new level for a volume of ``shape_zyx``.
 
-    So isotropic data gets 2x2x2 and anisotropic data (z voxel >= 2x the xy
-    voxel) 2x2x1 until x and y catch up. Levels are added while the top level
-    has an axis above :data:`MAX_TOP_SIZE` voxels (or until ``max_levels``
-    levels in all, level 0 included), and never shrink an axis below
-    :data:`MIN_SIZE`.
+    :func:`rhapso_gpu.geometry.propose_mipmap_factors` with :data:`MIN_SIZE`
+    and :data:`MAX_TOP_SIZE`: levels are added while the top level has an axis
+    above 256 voxels (or until ``max_levels`` levels in all, level 0 included).
     """
-    size = np.asarray(shape_zyx[::-1], dtype=np.int64)
-    step = np.asarray(voxel_size_xyz, dtype=float)
-    factors: list[tuple[int, int, int]] = []
-    while max_levels is None or len(factors) + 1 < max_levels:
-        if max_levels is None and np.all(size <= MAX_TOP_SIZE):
-            break
-        f = np.where((step < 2 * step.min() - 1e-9) & (size // 2 >= MIN_SIZE), 2, 1)
-        if np.all(f == 1):
-            break
-        factors.append(tuple(int(v) for v in f))
-        size, step = size // f, step * f
-    return factors
+    return propose_mipmap_factors(
+        tuple(shape_zyx)[::-1], voxel_size_xyz, max_levels=max_levels, min_size=MIN_SIZE, max_top_size=MAX_TOP_SIZE
+    )
 
 
 def _downsample_task(

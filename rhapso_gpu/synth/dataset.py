@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rhapso_gpu import __version__
 from rhapso_gpu.backend import downsample_mean, get_backend
 from rhapso_gpu.errors import UserError
+from rhapso_gpu.geometry import propose_mipmap_factors
 from rhapso_gpu.io import storage
 from rhapso_gpu.io.ground_truth import GroundTruth, save_ground_truth
 from rhapso_gpu.io.image_writers import image_loader_element, write_view_levels
@@ -81,24 +82,15 @@ class SynthResult:
 
 
 def propose_pyramid(size_xyz, voxel_size_xyz, levels: int, min_size: int = 8) -> list[tuple[int, int, int]]:
-    """Downsampling factors (x, y, z) per level, relative to full resolution.
+    """Downsampling factors (x, y, z) per level relative to full resolution, level 0 first.
 
-    Each level halves the axes whose current voxel is not already coarser than
-    the finest axis by 2x or more (so anisotropic z is halved later, as in
-    BigDataViewer's proposals), and stops before an axis drops below
-    ``min_size`` pixels.
+    :func:`rhapso_gpu.geometry.propose_mipmap_factors` (at most ``levels``
+    levels, no axis below ``min_size`` pixels), accumulated.
     """
-    size = np.asarray(size_xyz, dtype=np.int64)
-    voxel = np.asarray(voxel_size_xyz, dtype=np.float64)
-    factors = [np.ones(3, dtype=np.int64)]
-    while len(factors) < levels:
-        f = factors[-1]
-        step = voxel * f
-        halve = (step < 2 * step.min() - 1e-9) & (size // (2 * f) >= min_size)
-        if not halve.any():
-            break
-        factors.append(np.where(halve, 2 * f, f))
-    return [tuple(int(v) for v in f) for f in factors]
+    factors = [(1, 1, 1)]
+    for relative in propose_mipmap_factors(size_xyz, voxel_size_xyz, max_levels=levels, min_size=min_size):
+        factors.append(tuple(int(a * b) for a, b in zip(factors[-1], relative)))
+    return factors
 
 
 def _pyramid(tile_zyx: np.ndarray, factors_xyz, backend) -> list[np.ndarray]:
