@@ -104,12 +104,12 @@ class _LevelRegion:
     another worker might run: each block reads its own data where it runs.
     """
 
-    def __init__(self, data_zyx, slices_zyx: tuple[slice, slice, slice]):
-        self.data_zyx = data_zyx
+    def __init__(self, level, slices_zyx: tuple[slice, slice, slice]):
+        self.level = level  # a rhapso_gpu.io.images.PyramidLevel
         self.slices_zyx = slices_zyx
 
     def read(self) -> np.ndarray:
-        return np.asarray(self.data_zyx[self.slices_zyx].compute(scheduler="synchronous"))
+        return self.level.read_region_zyx(self.slices_zyx)
 
 
 def _detect_region(region: _LevelRegion, task: BlockTask, backend_name: str) -> dict[str, np.ndarray]:
@@ -226,15 +226,15 @@ def detect_interest_points(
             result.min_intensity, result.max_intensity, params.median_filter, vp.boxes_zyx,
             params.auto_points + 1 if auto else None,
         )
-    jobs = [(i, task, vp.levels[vp.plan.level].data_zyx) for i, vp in enumerate(plans) for task in vp.tasks]
+    jobs = [(i, task, vp.levels[vp.plan.level]) for i, vp in enumerate(plans) for task in vp.tasks]
     per_view: list[list[dict]] = [[] for _ in plans]
     done = 0
     if progress:
         progress(0, len(jobs))
     for batch in _batches(jobs, max(1, 4 * int(getattr(cluster, "n_workers", 1)))):
         tasks = [
-            dask.delayed(_detect_region, pure=True)(_LevelRegion(data, t.level_slices), t, backend_name)
-            for _, t, data in batch
+            dask.delayed(_detect_region, pure=True)(_LevelRegion(level, t.level_slices), t, backend_name)
+            for _, t, level in batch
         ]
         for (i, _, _), res in zip(batch, cluster.compute(*tasks)):
             per_view[i].append(res)
