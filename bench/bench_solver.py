@@ -4,7 +4,8 @@ Every face-neighbour link holds ``--matches`` point matches (noise 0.3 px); a
 fraction ``--bad`` of the links are wrong (their matches agree on an offset of
 15-30 px). Each size is solved with the rigid and the regularised affine model
 (two-round iterative, BigStitcher's STRICT link-removal thresholds 2.5x / 3.5 px),
-and the script prints time, peak traced memory, removed links (how many of them
+and the script prints time, peak traced memory (numpy arrays; the sparse LU
+factors held inside SuperLU are not traced), removed links (how many of them
 were the wrong ones) and the error of the result (largest distance between solved and true model at
 any tile corner, world px; tile 0 is the fixed gauge),
 then the scaling between sizes measured in the same run.

@@ -212,3 +212,16 @@ def test_a_tile_held_by_three_matches_does_not_break_the_affine():
         opt = optimize(thin, _fixed(thin.n_tiles), SolverSettings(model))
         np.testing.assert_allclose(opt.models, truth, atol=1e-6)
         assert all(s.converged for _, s in opt.stats)
+
+
+def test_iterative_rigid_solve_of_a_large_system_agrees_with_the_factorisation(monkeypatch):
+    """Beyond ``DIRECT_MAX`` unknowns: conjugate gradients with the coarse space of block motions, same optimum."""
+    from rhapso_gpu.solver import linear
+
+    graph, _, _ = grid_graph((4, 3, 3), "affine", per_link=30, noise=0.5, seed=3)
+    fixed = _fixed(graph.n_tiles)
+    settings = SolverSettings(TransformModel("rigid", "none", 0.0), link_removal=False, tolerance=1e-9)
+    direct = optimize(graph, fixed, settings)
+    monkeypatch.setattr(linear, "DIRECT_MAX", 0)
+    iterative = optimize(graph, fixed, settings)
+    np.testing.assert_allclose(iterative.models, direct.models, atol=1e-7)

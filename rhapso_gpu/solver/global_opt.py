@@ -28,7 +28,7 @@ from scipy.sparse.csgraph import connected_components
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.geometry import box_corners
 from rhapso_gpu.models import TransformModel
-from rhapso_gpu.solver.graph import MatchGraph, link_moments, match_distances
+from rhapso_gpu.solver.graph import LinkMoments, MatchGraph, link_moments, match_distances
 from rhapso_gpu.solver.linear import (
     IDENTITY,
     SolveStats,
@@ -154,10 +154,14 @@ def prealign(graph: MatchGraph, moments, fixed: np.ndarray, kind: str) -> np.nda
         placed[ring] = True
 
 
-def _solve(graph: MatchGraph, fixed: np.ndarray, settings: SolverSettings, start: np.ndarray | None):
-    """One solve of all tiles; groups without a fixed tile are held by their smallest tile."""
+def _solve(graph: MatchGraph, fixed: np.ndarray, settings: SolverSettings, start: np.ndarray | None,
+           moments: LinkMoments | None = None):
+    """One solve of all tiles; groups without a fixed tile are held by their smallest tile.
+
+    ``moments`` are the graph's :func:`link_moments` if already known.
+    """
     model = settings.model
-    moments = link_moments(graph)
+    moments = link_moments(graph) if moments is None else moments
     labels = components(graph.n_tiles, graph.link_a, graph.link_b)
     held = fixed.copy()
     anchors = []
@@ -254,7 +258,8 @@ def not_converged(tile_err: np.ndarray, settings: SolverSettings) -> tuple[bool,
 
 def _round_one(graph: MatchGraph, fixed: np.ndarray, settings: SolverSettings, opt: Optimum) -> np.ndarray:
     keep = np.ones(graph.n_links, bool)
-    models, stats, anchors = _solve(graph, fixed, settings, None)
+    moments = link_moments(graph)  # of all links, once: a removal only drops links
+    models, stats, anchors = _solve(graph, fixed, settings, None, moments)
     opt.stats.append(("round 1", stats))
     while settings.link_removal:
         _, link_err, tile_err = tile_errors(graph, models, keep)
@@ -267,7 +272,7 @@ def _round_one(graph: MatchGraph, fixed: np.ndarray, settings: SolverSettings, o
             opt.removals.append(
                 RemovedLink(int(graph.link_a[worst]), int(graph.link_b[worst]), float(link_err[worst]), avg, mx)
             )
-        models, stats, anchors = _solve(graph.subset(keep), fixed, settings, models)
+        models, stats, anchors = _solve(graph.subset(keep), fixed, settings, models, moments.subset(keep))
         opt.stats.append((f"after removing {len(remove)} link(s)", stats))
     opt.removed = ~keep
     opt.anchors = anchors

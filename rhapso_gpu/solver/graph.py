@@ -123,6 +123,10 @@ class LinkMoments:
     s_bb: np.ndarray
     s_ab: np.ndarray
 
+    def subset(self, keep: np.ndarray) -> LinkMoments:
+        """The moments of the links where ``keep`` (bool (L,)) is true, as of ``MatchGraph.subset(keep)``."""
+        return LinkMoments(self.s_aa[keep], self.s_bb[keep], self.s_ab[keep])
+
 
 def link_moments(graph: MatchGraph, chunk: int = 1 << 18) -> LinkMoments:
     """Per-link moments, accumulated in chunks of matches so memory stays O(chunk + links)."""

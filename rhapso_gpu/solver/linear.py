@@ -14,8 +14,9 @@ directly:
 
 * translation, affine: the fixed point minimises ``E`` (block-coordinate
   stationarity is global stationarity of a convex quadratic); one sparse solve.
-* rigid: a stationary point of ``E`` over rotations and translations; Gauss-Newton
-  on ``E`` with rotations about each tile's centre, a sparse solve per step.
+* rigid: a stationary point of ``E`` over rotations and translations; Newton
+  (Gauss-Newton where Newton's step does not descend) on ``E`` with rotations
+  about each tile's centre, a sparse solve per step.
 * regularised affine, ``M_i = (1 - lambda) Aff_i(M) + lambda Reg_i(M)``: with the
   regulariser's fits ``G = Reg(M)`` held, the equation is linear,
   ``(D - (1 - lambda) O) X = lambda D G`` (``O`` the off-diagonal blocks), so
@@ -78,43 +79,113 @@ def _tile_diagonal(n_tiles, link_a, link_b, moments: LinkMoments) -> np.ndarray:
 
 
 DIRECT_MAX = 20_000
-"""Largest system solved by sparse LU; larger ones by block-Jacobi preconditioned conjugate gradients."""
+"""Largest system factorised by sparse LU; larger ones go to preconditioned conjugate gradients.
+
+Fill-in of a 3-D grid's factor grows faster than the unknowns: the 60,000
+unknowns of a rigid step of 10,000 tiles take minutes and gigabytes to factorise,
+and even the affine's 40,000 solve slower per step by LU (4 s to factorise,
+0.16 s per solve) than by conjugate gradients started from the last step.
+"""
 CG_RTOL = 1e-12
 """Relative residual at which conjugate gradients stop."""
+CG_TRY_MAXITER = 2_000
+"""Most conjugate-gradient iterations of a solve that may fail (Newton's step of a rigid solve, possibly indefinite)."""
 
 
-def _sparse_solve(a: sp.spmatrix, b: np.ndarray, block: int, x0: np.ndarray | None = None) -> np.ndarray:
-    """Solve a sparse symmetric positive definite system for one or several right sides.
+def _splu(a: sp.spmatrix):
+    """Sparse LU in symmetric mode (minimum-degree ordering of ``A + A^T``, diagonal pivots)."""
+    return spla.splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
 
-    Up to :data:`DIRECT_MAX` unknowns: sparse LU in symmetric mode (minimum-degree
-    ordering of ``A + A^T``, diagonal pivots). Beyond, where fill-in of a 3-D
-    grid's factor grows faster than the unknowns, conjugate gradients
-    preconditioned with the inverse ``block`` x ``block`` diagonal blocks (one
-    tile each), started from ``x0``.
+
+def factorize(a: sp.spmatrix, block: int, coarse: sp.spmatrix | None = None, exact_fallback: bool = True):
+    """A solver of the sparse symmetric positive definite system ``a``, prepared once for many right sides.
+
+    Up to :data:`DIRECT_MAX` unknowns: one sparse LU factorisation. Beyond:
+    conjugate gradients to :data:`CG_RTOL`, started from ``x0``, preconditioned
+    with the inverse ``block`` x ``block`` diagonal blocks (one tile each) plus,
+    if given, the exact solve on the span of the columns of ``coarse`` (n, k)
+    (two-level additive Schwarz: the diagonal blocks damp local errors, the
+    coarse space the smooth ones that make plain block-Jacobi need thousands
+    of iterations on large grids).
+
+    Parameters
+    ----------
+    exact_fallback : bool
+        Where conjugate gradients do not converge (within ``20 n`` iterations),
+        solve by the exact factorisation, however slow; if false, stop after
+        :data:`CG_TRY_MAXITER` iterations and raise ``RuntimeError``.
+
+    Returns
+    -------
+    solve : callable
+        ``solve(b, x0=None)`` for ``b`` of shape ``(n,)`` or ``(n, k)``.
     """
     n = a.shape[0]
     if n == 0:
-        return np.zeros_like(b)
+        return lambda b, x0=None: np.zeros_like(b)
     if n <= DIRECT_MAX:
-        lu = spla.splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                       options={"SymmetricMode": True})
-        return lu.solve(b)
+        lu = _splu(a)
+        return lambda b, x0=None: lu.solve(b)
     a = a.tocsr()
     coo = a.tocoo()
     same = coo.row // block == coo.col // block
     blocks = np.zeros((n // block, block, block))
     blocks[coo.row[same] // block, coo.row[same] % block, coo.col[same] % block] = coo.data[same]
     inv = np.linalg.inv(blocks)
-    precond = sp.bsr_matrix((inv, np.arange(n // block), np.arange(n // block + 1)), shape=(n, n)).tocsr()
-    columns = b.reshape(n, -1)
-    start = np.zeros_like(columns) if x0 is None else x0.reshape(n, -1)
-    out = np.empty_like(columns)
-    for j in range(columns.shape[1]):
-        out[:, j], info = spla.cg(a, columns[:, j], x0=start[:, j], rtol=CG_RTOL, maxiter=20 * n, M=precond)
-        if info != 0:  # not converged: the exact factorisation, however slow
-            out[:, j] = spla.splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                                  options={"SymmetricMode": True}).solve(columns[:, j])
-    return out.reshape(b.shape)
+    jacobi = sp.bsr_matrix((inv, np.arange(n // block), np.arange(n // block + 1)), shape=(n, n)).tocsr()
+    if coarse is None:
+        precond = jacobi.__matmul__
+    else:
+        coarse = sp.csr_matrix(coarse)
+        coarse_t = coarse.T.tocsr()
+        coarse_lu = _splu(coarse_t @ (a @ coarse))
+        precond = lambda r: jacobi @ r + coarse @ coarse_lu.solve(coarse_t @ r)
+    maxiter = 20 * n if exact_fallback else CG_TRY_MAXITER
+
+    def solve(b, x0=None):
+        columns = b.reshape(n, -1)
+        start = np.zeros_like(columns) if x0 is None else x0.reshape(n, -1)
+        out = np.empty_like(columns)
+        for j in range(columns.shape[1]):
+            out[:, j], converged = _pcg(a, columns[:, j], start[:, j], precond, maxiter)
+            if not converged and not exact_fallback:
+                raise RuntimeError("conjugate gradients did not converge")
+            if not converged:
+                out[:, j] = _splu(a).solve(columns[:, j])
+        return out.reshape(b.shape)
+
+    return solve
+
+
+def _dot(x: np.ndarray, y: np.ndarray) -> float:
+    """``x . y`` without BLAS, whose threads cost more to wake than a 10^5-vector dot product takes."""
+    return float(np.einsum("i,i->", x, y))
+
+
+def _pcg(a: sp.csr_matrix, b: np.ndarray, x0: np.ndarray, precond, maxiter: int) -> tuple[np.ndarray, bool]:
+    """Preconditioned conjugate gradients from ``x0`` until ``|b - a x| <= CG_RTOL |b|``: ``(x, converged)``."""
+    x = x0.copy()
+    r = b - a @ x
+    target = CG_RTOL * np.sqrt(_dot(b, b))
+    z = precond(r)
+    p = z.copy()
+    rz = _dot(r, z)
+    for _ in range(maxiter):
+        if np.sqrt(_dot(r, r)) <= target:
+            return x, True
+        ap = a @ p
+        alpha = rz / _dot(p, ap)
+        x += alpha * p
+        r -= alpha * ap
+        z = precond(r)
+        rz, rz_old = _dot(r, z), rz
+        p = z + (rz / rz_old) * p
+    return x, bool(np.sqrt(_dot(r, r)) <= target)
+
+
+def _sparse_solve(a: sp.spmatrix, b: np.ndarray, block: int, x0: np.ndarray | None = None) -> np.ndarray:
+    """Solve the sparse symmetric positive definite system ``a x = b`` once (see :func:`factorize`)."""
+    return factorize(a, block)(b, x0)
 
 
 def _free_index(free: np.ndarray, dof: int) -> np.ndarray:
@@ -181,15 +252,22 @@ def fit_tiles(kind: str, d: np.ndarray, c: np.ndarray) -> np.ndarray:
     return FITS[kind](src, dst, w)
 
 
-def _linear_solve(k: sp.csr_matrix, rhs: np.ndarray, free: np.ndarray, models: np.ndarray) -> np.ndarray:
-    """Solve ``K X = rhs`` for the free tiles' rows (4 per tile), fixed tiles moved to the right side."""
-    n = len(free)
-    x_all = np.swapaxes(models, 1, 2).reshape(4 * n, 3).copy()
-    fi = _free_index(free, 4)
-    xi = _free_index(~free, 4)
-    b = rhs[fi] - k[fi][:, xi] @ x_all[xi]
-    x_all[fi] = _sparse_solve(k[fi][:, fi], b, 4, x_all[fi])
-    return np.swapaxes(x_all.reshape(n, 4, 3), 1, 2)
+class _LinearSolver:
+    """``K X = rhs`` for the free tiles' rows (4 per tile), fixed tiles moved to the right side; ``K`` prepared once."""
+
+    def __init__(self, k: sp.csr_matrix, free: np.ndarray):
+        self.free = free
+        self.fi, self.xi = _free_index(free, 4), _free_index(~free, 4)
+        k_free = k[self.fi]
+        self.coupling = k_free[:, self.xi]
+        self.solve_free = factorize(k_free[:, self.fi], 4)
+
+    def __call__(self, rhs: np.ndarray, models: np.ndarray) -> np.ndarray:
+        n = len(self.free)
+        x_all = np.swapaxes(models, 1, 2).reshape(4 * n, 3).copy()
+        b = rhs[self.fi] - self.coupling @ x_all[self.xi]
+        x_all[self.fi] = self.solve_free(b, x_all[self.fi])
+        return np.swapaxes(x_all.reshape(n, 4, 3), 1, 2)
 
 
 def solve_translation(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray, models: np.ndarray):
@@ -234,11 +312,11 @@ def solve_affine(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarra
     d = _tile_diagonal(n_tiles, link_a, link_b, moments)
     determined = affine_determined(d)
     if lam == 0.0 and determined[free].all():
-        k = _block_matrix(n_tiles, link_a, link_b, moments)
-        return _linear_solve(k, np.zeros((4 * n_tiles, 3)), free, models), SolveStats(1, 0.0, True)
+        solver = _LinearSolver(_block_matrix(n_tiles, link_a, link_b, moments), free)
+        return solver(np.zeros((4 * n_tiles, 3)), models), SolveStats(1, 0.0, True)
     # tiles whose matches do not determine an affine follow the regulariser alone (M_i = G_i), held in the solve
-    k = _block_matrix(n_tiles, link_a, link_b, moments, off_scale=1.0 - lam)
-    solved = free & determined
+    # the matrix is the same in every step: factorised once
+    solver = _LinearSolver(_block_matrix(n_tiles, link_a, link_b, moments, off_scale=1.0 - lam), free & determined)
     reg_kind = model.regularizer if model.regularized else "rigid"
 
     def step(current: np.ndarray) -> np.ndarray:
@@ -247,7 +325,7 @@ def solve_affine(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarra
         g = np.where(np.isfinite(g), g, current)
         held = np.where((free & ~determined)[:, None, None], g, current)
         rhs = lam * (d @ np.swapaxes(g, 1, 2)).reshape(4 * n_tiles, 3)
-        return _linear_solve(k, rhs, solved, held)
+        return solver(rhs, held)
 
     return anderson(step, models, max_iterations, tolerance, extent)
 
@@ -332,18 +410,22 @@ def _rotation(omega: np.ndarray) -> np.ndarray:
 
 def solve_rigid(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray, models: np.ndarray,
                 centers: np.ndarray, max_iterations: int = 100, tolerance: float = 1e-6, extent: float = 1.0):
-    """Rigid models at a stationary point of ``E``: Gauss-Newton from ``models``.
+    """Rigid models at a stationary point of ``E``: Newton from ``models``.
 
     Each step perturbs tile ``i`` as ``y -> y + omega_i x (y - c_i) + delta_i``
-    (``c_i`` its centre, world units), minimises the quadratic ``E`` of the
-    perturbed affines over the 6 parameters of every free tile (one sparse
-    solve), then applies the exact rotation ``exp([omega]x)`` so models stay rigid.
-    A step that would raise ``E`` is halved.
+    (``c_i`` its centre, world units), minimises the second-order expansion of
+    ``E`` over the 6 parameters of every free tile (one sparse solve; the
+    Gauss-Newton matrix plus the rotations' curvature, or Gauss-Newton's alone
+    where that step would not descend), then applies the exact rotation
+    ``exp([omega]x)`` so models stay rigid. A step that would raise ``E`` is
+    halved. Beyond :data:`DIRECT_MAX` unknowns the solves are conjugate
+    gradients with a coarse space of the rigid motions of blocks of tiles.
     """
     free = ~fixed
     kmat = _block_matrix(n_tiles, link_a, link_b, moments)
     q = sp.kron(kmat, sp.identity(3), format="csr")  # index 12 i + 3 c + r: entry (r, c) of M_i
     fi = np.flatnonzero(free)
+    coarse = _rigid_coarse_space(centers, fi, link_a, link_b) if 6 * fi.size > DIRECT_MAX else None
     energy = _energy(q, models)
     change = np.inf
     for it in range(1, max_iterations + 1):
@@ -358,7 +440,9 @@ def solve_rigid(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray
         normal = (b.T @ qb).tocsr()
         # a tiny Levenberg term fixes the rotation of a tile held by one or two matches (minimum-norm step)
         normal = normal + sp.diags(1e-12 * normal.diagonal().max(initial=1.0) * np.ones(normal.shape[0]))
-        theta = _sparse_solve(normal, -(qb.T @ m), 6)
+        rhs = -(qb.T @ m)
+        qm = q @ m
+        theta = _descent_step(normal, _rotation_curvature(models[fi], centers[fi], qm.reshape(-1, 12)[fi]), rhs, coarse)
         step = 1.0
         while True:
             new = _apply_rigid_step(models, fi, step * theta.reshape(-1, 6), centers)
@@ -366,13 +450,85 @@ def solve_rigid(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray
             if new_energy <= energy:
                 break
             step *= 0.5
-            if step < 1e-4:  # no descent left along the Gauss-Newton step: stationary to rounding
+            if step < 1e-4:  # no descent left along a descent direction: stationary to rounding
                 return models, SolveStats(it, 0.0, True)
         change = model_change(new, models, extent)
         models, energy = new, new_energy
         if change <= tolerance:
             return models, SolveStats(it, change, True)
     return models, SolveStats(max_iterations, change, False)
+
+
+def _descent_step(normal: sp.csr_matrix, curvature: sp.csr_matrix, rhs: np.ndarray, coarse) -> np.ndarray:
+    """Newton's step (``normal + curvature``) where it is a descent direction, else Gauss-Newton's (``normal``).
+
+    Far from the optimum Newton's matrix may be indefinite; its step is kept only
+    if it solves and points downhill (``rhs . theta > 0``, ``rhs`` minus half the gradient).
+    """
+    try:
+        theta = factorize(normal + curvature, 6, coarse, exact_fallback=False)(rhs)
+        if np.isfinite(theta).all() and rhs @ theta > 0:
+            return theta
+    except RuntimeError:
+        pass
+    return factorize(normal, 6, coarse)(rhs)
+
+
+def _rigid_coarse_space(centers: np.ndarray, free: np.ndarray, link_a: np.ndarray, link_b: np.ndarray):
+    """Rigid motions of blocks of tiles, as steps of the free tiles' parameters, sparse (6 f, 6 blocks).
+
+    Free tiles are binned by centre into cubes of three times the median
+    distance between linked tiles' centres (about 27 tiles of a 3-D grid). A
+    block's motion ``(Omega, Delta)`` about its mean centre ``C`` moves tile
+    ``i`` by ``omega_i = Omega``, ``delta_i = Delta + Omega x (c_i - C)``.
+
+    Parameters
+    ----------
+    centers : ndarray (n_tiles, 3)
+        Rotation centres of all tiles (world units).
+    free : ndarray of int (f,)
+        The free tiles.
+    link_a, link_b : ndarray of int (L,)
+        Links; they set the size of the cubes.
+    """
+    cell = 3.0 * max(float(np.median(np.linalg.norm(centers[link_a] - centers[link_b], axis=1))), 1e-9)
+    c = centers[free]
+    _, block = np.unique(np.floor((c - c.min(axis=0)) / cell).astype(np.int64), axis=0, return_inverse=True)
+    block = block.ravel()
+    n_blocks = int(block.max()) + 1
+    mean = np.zeros((n_blocks, 3))
+    np.add.at(mean, block, c)
+    mean /= np.bincount(block, minlength=n_blocks)[:, None]
+    p = np.zeros((len(free), 6, 6))
+    p[:, :3, :3] = np.eye(3)
+    p[:, 3:, 3:] = np.eye(3)
+    p[:, 3:, :3] = -_skew(c - mean[block])  # Omega x v = -[v]x Omega
+    rows = (6 * np.arange(len(free))[:, None, None] + np.arange(6)[None, :, None]).repeat(6, axis=2)
+    cols = (6 * block[:, None, None] + np.arange(6)[None, None, :]).repeat(6, axis=1)
+    return sp.csr_matrix((p.ravel(), (rows.ravel(), cols.ravel())), shape=(6 * len(free), 6 * n_blocks))
+
+
+def _rotation_curvature(models: np.ndarray, centers: np.ndarray, gradient: np.ndarray) -> sp.csr_matrix:
+    """The second-order term of ``E`` in the rotations, per tile, clipped to positive semi-definite, (6f, 6f).
+
+    Along ``omega``, ``d^2 exp([omega]x) = [omega]x^2 = omega omega^T - |omega|^2 I``, so
+    ``m^T Q d^2 m = omega^T H omega`` with ``H = sym(S G^T) - tr(G^T S) I``
+    (``S = [A | t - c]``, ``G`` the tile's rows of ``Q m`` as 3x4). Added to the
+    Gauss-Newton matrix it gives Newton's, which converges quadratically where
+    wrong links leave large residuals; clipping its negative eigenvalues keeps the
+    step a descent direction.
+    """
+    f = len(models)
+    shifted = models.copy()
+    shifted[:, :, 3] -= centers
+    g = np.swapaxes(gradient.reshape(f, 4, 3), 1, 2)  # index 3 c + r -> (r, c)
+    sg = shifted @ np.swapaxes(g, 1, 2)
+    h = 0.5 * (sg + np.swapaxes(sg, 1, 2)) - np.trace(sg, axis1=1, axis2=2)[:, None, None] * np.eye(3)
+    lam, u = np.linalg.eigh(h)
+    h = (u * lam[:, None, :]) @ np.swapaxes(u, 1, 2)
+    blocks = np.zeros((f, 6, 6))
+    blocks[:, :3, :3] = h
+    return sp.bsr_matrix((blocks, np.arange(f), np.arange(f + 1)), shape=(6 * f, 6 * f)).tocsr()
 
 
 def _vec(models: np.ndarray) -> np.ndarray:
