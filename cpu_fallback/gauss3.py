@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rhapso_gpu.errors import UserError
+from cpu_fallback._checks import float32_volume
 
 
 def gauss3(volume_zyx: np.ndarray, half_kernel) -> np.ndarray:
@@ -43,9 +43,7 @@ def gauss3(volume_zyx: np.ndarray, half_kernel) -> np.ndarray:
     numpy.ndarray
         float32, same shape.
     """
-    volume = np.ascontiguousarray(volume_zyx)
-    if volume.ndim != 3 or volume.dtype != np.float32:
-        raise UserError(f"gauss3: expected a 3-D float32 (z, y, x) volume, got {volume.dtype} {volume.shape}")
+    volume = float32_volume(volume_zyx, "gauss3")
     from cpu_fallback._gauss3_numba import _along_x, _along_y, _along_z
 
     h = np.asarray(half_kernel, dtype=np.float32)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cpu_fallback._checks import float32_volume
 from rhapso_gpu.errors import UserError
 
 
@@ -40,9 +41,7 @@ def sampled_median(volume_zyx: np.ndarray, offsets) -> np.ndarray:
     """
     from cpu_fallback._median_numba import _along_x, _along_y
 
-    volume = np.ascontiguousarray(volume_zyx)
-    if volume.ndim != 3 or volume.dtype != np.float32:
-        raise UserError(f"sampled_median: expected a 3-D float32 (z, y, x) volume, got {volume.dtype} {volume.shape}")
+    volume = float32_volume(volume_zyx, "sampled_median")
     offsets = np.asarray(offsets, dtype=np.int64)
     if offsets.ndim != 1 or len(offsets) % 2 == 0:
         raise UserError(f"sampled_median: expected an odd number of offsets, got {offsets.tolist()}")
