@@ -15,8 +15,15 @@ from rhapso_gpu.matching.descriptors import (
 )
 from rhapso_gpu.matching.icp import IcpParams, icp
 from rhapso_gpu.matching.knn import knn, knn_bruteforce
-from rhapso_gpu.matching.pairwise import DescriptorParams, consistent, match_offsets, match_points
-from rhapso_gpu.matching.ransac import RansacParams, draw_samples, ransac, residuals
+from rhapso_gpu.matching.pairwise import (
+    LEAVE_ONE_OUT_MAX,
+    DescriptorParams,
+    consistent,
+    cross_validate,
+    match_offsets,
+    match_points,
+)
+from rhapso_gpu.matching.ransac import RansacParams, draw_samples, ransac, residuals, trim
 from rhapso_gpu.models import TransformModel, transform_points
 
 
@@ -272,3 +279,26 @@ def test_non_numpy_code_path_gives_identical_results(method):
     np.testing.assert_array_equal(expected.index_a, got.index_a)
     np.testing.assert_array_equal(expected.index_b, got.index_b)
     np.testing.assert_allclose(expected.model, got.model, atol=1e-9)
+
+
+def test_cross_validation_drops_a_wrong_match_that_trimming_keeps():
+    """7 matches in a thin slab, one 5.6 px off: the fit to all bends to it, the fit to the others does not."""
+    rng = np.random.default_rng(4)
+    a = np.c_[rng.uniform(0, 120, (7, 2)), rng.uniform(0, 12, 7)]
+    b = a + [2.0, -3.0, 1.0] + rng.normal(0, 0.1, a.shape)
+    b[3] += [4.0, -3.0, 2.5]
+    rigid = TransformModel("rigid", "none")
+    assert trim(rigid, a, b, np.arange(7), 4.0)[0].tolist() == list(range(7))
+    assert cross_validate(rigid, a, b, 5.0).tolist() == [0, 1, 2, 4, 5, 6]
+    assert cross_validate(rigid, a, b, 8.0).tolist() == list(range(7))  # within epsilon: kept
+
+
+@pytest.mark.parametrize("n", [LEAVE_ONE_OUT_MAX, 20 * LEAVE_ONE_OUT_MAX])
+def test_cross_validation_keeps_every_true_match(n):
+    rng = np.random.default_rng(n)
+    a = rng.uniform(0, 500, (n, 3))
+    b = transform_points(np.c_[Rotation.from_euler("z", 2, degrees=True).as_matrix(), [3, -2, 1]], a)
+    b += rng.normal(0, 0.3, a.shape)
+    b[: n // 50] += rng.choice([-1, 1], (n // 50, 3)) * 6.0  # 2% wrong by 10.4 px
+    keep = cross_validate(TransformModel("affine", "rigid", 0.1), a, b, 5.0)
+    assert keep.tolist() == list(range(n // 50, n))

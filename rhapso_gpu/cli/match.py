@@ -63,15 +63,17 @@ def _labels(r: PairResult) -> str:
     return r.label_a if r.label_a == r.label_b else f"{r.label_a}-{r.label_b}"
 
 
-def print_results(results: list[PairResult], console: Console) -> None:
+def print_results(results: list[PairResult], console: Console, method: str) -> None:
     """The per-pair summary table and the failed pairs with their reasons.
 
-    ``links`` counts the pairs of views that received correspondences
-    (more than one when groups are matched).
+    ``method`` is the requested method, to count the pairs its fallback matched. ``links`` counts the pairs of views that received correspondences
+    (more than one when groups are matched); the ``method`` column is the method that
+    matched the pair (the fallback where the descriptors failed).
     """
     table = Table(title="pairwise matching (views as timepoint/setup; distances in world units)")
     for col, justify in (("pair", "left"), ("label", "left"), ("points", "right"), ("cand.", "right"),
-                         ("inliers", "right"), ("ratio", "right"), ("RMS", "right"), ("links", "right")):
+                         ("inliers", "right"), ("ratio", "right"), ("RMS", "right"), ("links", "right"),
+                         ("method", "left")):
         table.add_column(col, justify=justify, no_wrap=True)
     for r in results:
         m = r.match
@@ -85,11 +87,13 @@ def print_results(results: list[PairResult], console: Console) -> None:
             f"{m.inlier_ratio:.2f}" if ok else "",
             f"{m.rms:.3f}" if ok else "",
             str(len(r.links)) if ok else "",
+            r.method if ok else "",
         )
     console.print(table)
     failed = [r for r in results if not r.match.ok]
     n_ok = len(results) - len(failed)
-    console.print(f"{n_ok} of {len(results)} pairs matched")
+    fallback = sum(1 for r in results if r.match.ok and r.method != method)
+    console.print(f"{n_ok} of {len(results)} pairs matched" + (f" ({fallback} by the fallback)" if fallback else ""))
     for r in failed:
         console.print(f"  [red]not matched[/red] {_side(r.a)} - {_side(r.b)} ({_labels(r)}): {r.match.reason}")
 
@@ -102,6 +106,6 @@ def run(args: argparse.Namespace) -> int:
         results = match_dataset(spim, params, cluster, args.backend)
     store_results(spim, results, params)
     console = Console(highlight=False)
-    print_results(results, console)
+    print_results(results, console, params.method)
     console.print(f"matched in {time.perf_counter() - start:.1f} s; correspondences written to interestpoints.n5")
     return 0

@@ -10,6 +10,7 @@ Public API::
 Modules: :mod:`~.dog` (the DoG contract), :mod:`~.downsampling` (level choice,
 2x steps, mapping to full resolution), :mod:`~.background` (median
 background), :mod:`~.blocks` (blocks with halos, exact peak partition),
+:mod:`~.border` (Gaussian refit of peaks near the image border),
 :mod:`~.overlap`, :mod:`~.selection` (auto threshold, merging, limits),
 :mod:`~.intensity_range` (robust min/max), :mod:`~.pipeline` (whole datasets).
 """

@@ -19,7 +19,8 @@ import numpy as np
 
 from rhapso_gpu.backend import get_backend
 from rhapso_gpu.detection.background import subtract_background
-from rhapso_gpu.detection.dog import difference_of_gaussian, dog_halo, find_peaks
+from rhapso_gpu.detection.border import BORDER_RADIUS, refine_border_peaks
+from rhapso_gpu.detection.dog import MAX_MOVES, difference_of_gaussian, dog_halo, find_peaks
 from rhapso_gpu.detection.downsampling import DownsamplePlan, downsample_region, level_range
 
 
@@ -76,8 +77,12 @@ class BlockTask:
 
 
 def block_halo_zyx(sigma: float, median_radius: int) -> tuple[int, int, int]:
-    """Halo (downsampled voxels, z, y, x) for exact peaks: DoG context plus the median radius in y and x."""
-    h = dog_halo(sigma)
+    """Halo (downsampled voxels, z, y, x) for exact peaks: DoG context plus the median radius in y and x.
+
+    The context also covers the window of a border refit (:mod:`~.border`) around a peak that moved
+    ``MAX_MOVES`` voxels out of the core.
+    """
+    h = max(dog_halo(sigma), MAX_MOVES + 1 + BORDER_RADIUS)
     return (h, h + int(median_radius), h + int(median_radius))
 
 
@@ -160,7 +165,9 @@ def detect_block(level_data_zyx, task: BlockTask, backend_name: str = "numpy") -
     -------
     dict of numpy.ndarray
         ``start_zyx`` (N, 3) int64: initial extremum (downsampled voxels, global);
-        ``position_zyx`` (N, 3) float64: refined position (downsampled voxels, global);
+        ``position_zyx`` (N, 3) float64: refined position (downsampled voxels, global;
+        near the image border from :func:`~rhapso_gpu.detection.border.refine_border_peaks`,
+        which also drops beads centred outside the image);
         ``kind`` (N,) int8 (+1 image max, -1 image min); ``value`` (N,) float64:
         refined DoG value; ``initial_value`` (N,) float32; ``intensity`` (N,)
         float32: image intensity at the point (linear interpolation of the
@@ -177,7 +184,8 @@ def detect_block(level_data_zyx, task: BlockTask, backend_name: str = "numpy") -
     # The array starts and ends at the image border wherever the halo was clipped there, so the filters' own
     # mirror boundary (SciPy 'reflect') is the image's mirror: no padding needed, and every block computes
     # the values a whole-view pass computes.
-    dog = difference_of_gaussian(backend, subtract_background(backend, image, task.median_radius), task.sigma)
+    flat = subtract_background(backend, image, task.median_radius)
+    dog = difference_of_gaussian(backend, flat, task.sigma)
     offset = np.asarray(task.read_start, dtype=np.int64)
     core = tuple(slice(int(c0 - o), int(c1 - o)) for c0, c1, o in zip(task.core_start, task.core_stop, offset))
     valid_lo = tuple(int(1 - o) for o in offset)
@@ -185,17 +193,20 @@ def detect_block(level_data_zyx, task: BlockTask, backend_name: str = "numpy") -
     peaks = find_peaks(
         backend, dog, core, valid_lo, valid_hi, task.threshold, task.find_max, task.find_min, tuple(offset)
     )
+    # near the image border the mirrored DoG biases the quadratic fit: refit there on in-image voxels only
+    position, fitted = refine_border_peaks(xp, flat, peaks.position_zyx, offset, task.plan.shape_zyx)
     ny, nx = dog.shape[1], dog.shape[2]
     start = xp.stack([peaks.start_index // (ny * nx), (peaks.start_index // nx) % ny, peaks.start_index % nx], axis=1)
-    intensity = _trilinear(xp, image, peaks.position_zyx - xp.asarray(offset)) / float(scale) + task.min_intensity
+    intensity = _trilinear(xp, image, position - xp.asarray(offset)) / float(scale) + task.min_intensity
     result = {
         "start_zyx": backend.to_host(start) + offset,
-        "position_zyx": backend.to_host(peaks.position_zyx),
+        "position_zyx": backend.to_host(position),
         "kind": backend.to_host(peaks.kind),
         "value": backend.to_host(peaks.value),
         "initial_value": backend.to_host(peaks.initial_value),
         "intensity": backend.to_host(intensity).astype(np.float32),
     }
+    result = {k: v[backend.to_host(fitted)] for k, v in result.items()}
     result["box"] = np.full(len(result["kind"]), -1, dtype=np.int64)
     if task.overlap_boxes_zyx is not None:
         boxes = np.asarray(task.overlap_boxes_zyx)

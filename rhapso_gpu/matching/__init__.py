@@ -1,7 +1,8 @@
 """Pairwise interest-point matching: geometric descriptors, batched RANSAC, ICP (BigStitcher's methods).
 
 * :func:`match_points` matches two world-space point clouds (candidates,
-  RANSAC, trimming, removal of matches that share a point, guided matching);
+  RANSAC, trimming, removal of matches that share a point, guided matching,
+  leave-one-out :func:`cross_validate`);
   :func:`match_offsets` is the descriptor-free ``offset-consensus`` method;
   :func:`icp` iterates nearest-neighbour assignment and fitting.
 * :func:`find_candidates` gives the correspondence candidates of one descriptor method;
@@ -15,7 +16,14 @@
 from rhapso_gpu.matching.descriptors import METHODS, find_candidates
 from rhapso_gpu.matching.grouping import PointSet, merge_mask, view_groups
 from rhapso_gpu.matching.icp import IcpParams, icp, mutual_nearest
-from rhapso_gpu.matching.pairwise import DescriptorParams, PairMatch, match_candidates, match_offsets, match_points
+from rhapso_gpu.matching.pairwise import (
+    DescriptorParams,
+    PairMatch,
+    cross_validate,
+    match_candidates,
+    match_offsets,
+    match_points,
+)
 from rhapso_gpu.matching.params import MatchParams
 from rhapso_gpu.matching.ransac import RansacParams, RansacResult, ransac
 from rhapso_gpu.matching.views import PairResult, match_dataset, select_pairs, store_results
@@ -30,6 +38,7 @@ __all__ = [
     "PointSet",
     "RansacParams",
     "RansacResult",
+    "cross_validate",
     "find_candidates",
     "icp",
     "match_candidates",

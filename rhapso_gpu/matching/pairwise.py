@@ -95,6 +95,87 @@ def consistent(index_a: np.ndarray, index_b: np.ndarray) -> np.ndarray:
     return (count_a[inv_a] == 1) & (count_b[inv_b] == 1)
 
 
+LEAVE_ONE_OUT_MAX = 100
+"""Largest match set predicted leave-one-out by :func:`cross_validate`; above it, one match barely moves
+the fit (its leverage is about parameters / matches), so the residuals of the fit to all matches are used."""
+
+
+def cross_validate(model: TransformModel, src, dst, max_epsilon: float, xp: ModuleType = np, batch: int = 256):
+    """Matches that a model fitted to the *other* matches explains within ``max_epsilon``.
+
+    In a small set of matches one wrong match bends a least-squares fit
+    enough to hide among the residuals (the median-based trimming keeps it);
+    the model fitted without it, though, misses it by about its own error. So
+    each match is predicted by the model fitted to all the others (leave one
+    out, fitted in batches), the worst-predicted match is dropped while its
+    error exceeds ``max_epsilon``, and the rest are predicted again. Sets of
+    more than :data:`LEAVE_ONE_OUT_MAX` matches drop every match whose
+    residual under the fit to all exceeds ``max_epsilon`` at once, and refit.
+
+    Parameters
+    ----------
+    model : TransformModel
+    src, dst : array (M, 3)
+        Matched points (world xyz) of A and B, host or device arrays.
+    max_epsilon : float
+        Largest accepted prediction error, world units.
+
+    Returns
+    -------
+    ndarray of int64
+        Rows of ``src``/``dst`` kept, ascending.
+    """
+    keep = np.arange(int(src.shape[0]))
+    while keep.size > model.min_matches:
+        s, d = src[xp.asarray(keep)], dst[xp.asarray(keep)]
+        if keep.size > LEAVE_ONE_OUT_MAX:
+            error = _host(residuals(model.fit(s, d, None, xp), s, d, xp))
+            over = ~(error <= max_epsilon)
+            if not over.any():
+                break
+            keep = keep[~over]
+            continue
+        error = _leave_one_out(model, s, d, xp, batch)
+        worst = int(np.argmax(np.where(np.isfinite(error), error, np.inf)))
+        if error[worst] <= max_epsilon:
+            break
+        keep = np.delete(keep, worst)
+    return keep
+
+
+def _leave_one_out(model: TransformModel, src, dst, xp, batch: int) -> np.ndarray:
+    """Distance of each match to its prediction by the model fitted to the other matches (host array)."""
+    n = int(src.shape[0])
+    error = np.empty(n)
+    for start in range(0, n, batch):
+        rows = np.arange(start, min(start + batch, n))
+        others = np.ones((rows.size, n), dtype=bool)
+        others[np.arange(rows.size), rows] = False
+        stack = (rows.size,) + tuple(src.shape)
+        fitted = model.fit(xp.broadcast_to(src, stack), xp.broadcast_to(dst, stack), xp.asarray(others), xp)
+        picked = xp.asarray(rows)
+        error[rows] = _host(residuals(fitted, src[picked][:, None, :], dst[picked][:, None, :], xp)[:, 0])
+    return error
+
+
+def _host(a) -> np.ndarray:
+    return np.asarray(a.get() if hasattr(a, "get") else a)
+
+
+def _validated(n: int, pa, pb, ma, mb, model: TransformModel, params: RansacParams, xp) -> PairMatch:
+    """The pair's result after :func:`cross_validate`: refit on the kept matches, or the failure."""
+    need = max(model.min_matches, params.min_inliers)
+    keep = cross_validate(model, pa[xp.asarray(ma)], pb[xp.asarray(mb)], params.max_epsilon, xp)
+    if keep.size < need:
+        return _failed(n, f"{keep.size} of {ma.size} matches predicted within {params.max_epsilon:g} by the others, "
+                       f"fewer than {need}")
+    ma, mb = ma[keep], mb[keep]
+    src, dst = pa[xp.asarray(ma)], pb[xp.asarray(mb)]
+    affine = model.fit(src, dst, None, xp)
+    r = residuals(affine, src, dst, xp)
+    return PairMatch(n, ma, mb, _host(affine), float(xp.sqrt((r * r).mean())))
+
+
 def _failed(candidates: int, reason: str) -> PairMatch:
     empty = np.zeros(0, np.int64)
     return PairMatch(candidates, empty, empty, None, float("nan"), reason)
@@ -143,6 +224,10 @@ def match_candidates(
         ``max_epsilon`` under the model and refit, iterating until stable
         (ICP seeded with the RANSAC model). Descriptors find only the points
         whose neighbourhoods agree in both views; this adds the rest.
+
+    Finally every match must be predicted within ``max_epsilon`` by the
+    model fitted to the other matches (:func:`cross_validate`), and the model
+    is refitted to those.
     """
     pa = xp.asarray(points_a_xyz, dtype=xp.float64)
     pb = xp.asarray(points_b_xyz, dtype=xp.float64)
@@ -156,10 +241,8 @@ def match_candidates(
             pa, pb, model, affine, IcpParams(ransac_params.max_epsilon, 20), ransac_params, seed, xp
         )
         if g_affine is not None and ga.size >= ma.size:
-            ma, mb, affine = ga, gb, g_affine
-    r = residuals(xp.asarray(affine), pa[xp.asarray(ma)], pb[xp.asarray(mb)], xp)
-    rms = float(xp.sqrt((r * r).mean()))
-    return PairMatch(n, ma, mb, affine, rms)
+            ma, mb = ga, gb
+    return _validated(n, pa, pb, ma, mb, model, ransac_params, xp)
 
 
 def match_points(
@@ -264,5 +347,4 @@ def match_offsets(
     ga, gb, affine = icp(pa, pb, model, shift.model, IcpParams(ransac_params.max_epsilon, 20), ransac_params, seed, xp)
     if affine is None:
         return _failed(n, f"{ga.size} mutual nearest neighbours under the consensus offset, fewer than {need}")
-    r = residuals(xp.asarray(affine), xp.asarray(pa[ga]), xp.asarray(pb[gb]), xp)
-    return PairMatch(n, ga, gb, affine, float(xp.sqrt((r * r).mean())))
+    return _validated(n, xp.asarray(pa), xp.asarray(pb), ga, gb, model, ransac_params, xp)

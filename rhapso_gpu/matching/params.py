@@ -48,6 +48,11 @@ class MatchParams(BaseModel):
     max_epsilon: float = Field(5.0, gt=0, description="RANSAC inlier distance (world units)")
     min_inlier_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="RANSAC minimum inlier ratio")
     min_inliers: int = Field(12, ge=1, description="fewest inliers of an accepted pair")
+    fallback: Literal["offset-consensus", "none"] = Field(
+        "offset-consensus",
+        description="when a descriptor method fails a pair, try offset-consensus on the same points (sparse points, "
+        "thin overlaps: too few points with the same neighbours in both views for any descriptor)",
+    )
     guided: bool = Field(
         True, description="after RANSAC, add every mutual nearest neighbour pair the model explains (ICP from it)"
     )

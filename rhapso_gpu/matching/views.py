@@ -22,9 +22,10 @@ from rhapso_gpu.geometry import apply_affine, intersect_boxes, overlapping_pairs
 from rhapso_gpu.io.correspondences import PairCorrespondences, store_matches
 from rhapso_gpu.io.interestpoints import container_location, read_interest_points
 from rhapso_gpu.io.spimdata import SpimData, ViewId
+from rhapso_gpu.matching.descriptors import METHODS
 from rhapso_gpu.matching.grouping import Group, PointSet, pool, split_matches, view_groups
 from rhapso_gpu.matching.icp import icp
-from rhapso_gpu.matching.pairwise import PairMatch, match_points
+from rhapso_gpu.matching.pairwise import OFFSET_CONSENSUS, PairMatch, match_offsets, match_points
 from rhapso_gpu.matching.params import MatchParams
 
 
@@ -47,6 +48,9 @@ class PairResult:
         The matches as original point ids per pair of views (A's view first);
         with groups, pairs of views with fewer than the model's minimum
         number of matches are left out. Empty when the pair failed.
+    method : str
+        The method that gave ``match``: ``params.method``, or the fallback
+        (``offset-consensus``) when the descriptors failed the pair.
     """
 
     a: Group
@@ -57,6 +61,7 @@ class PairResult:
     points_b: int
     match: PairMatch
     links: list[PairCorrespondences]
+    method: str
 
 
 def select_pairs(spim: SpimData, params: MatchParams, views: list[ViewId] | None = None) -> list[tuple[ViewId, ViewId]]:
@@ -144,7 +149,9 @@ def match_pair(a: PointSet, b: PointSet, rows_a, rows_b, params: MatchParams, ba
 
     The RANSAC seed is ``[seed, tp_a, setup_a, tp_b, setup_b]`` of the first
     view of each side, so a pair's result does not depend on which worker
-    runs it or in which order.
+    runs it or in which order. When a descriptor method fails and
+    ``params.fallback`` is ``offset-consensus``, that method matches the same
+    points; if it fails too, the reason names both failures.
     """
     xp = get_backend(backend).xp
     pa, pb = a.world_xyz[rows_a], b.world_xyz[rows_b]
@@ -156,8 +163,16 @@ def match_pair(a: PointSet, b: PointSet, rows_a, rows_b, params: MatchParams, ba
         match = _icp_result(pa, pb, ia, ib, affine, params)
     else:
         match = match_points(pa, pb, model, params.descriptor(), params.ransac(), seed, params.guided, xp)
+    method = params.method
+    if not match.ok and params.method in METHODS and params.fallback == OFFSET_CONSENSUS:
+        second = match_offsets(pa, pb, model, params.search_radius, params.ransac(), seed, xp)
+        if second.ok:
+            match, method = second, OFFSET_CONSENSUS
+        else:
+            second.reason = f"{params.method}: {match.reason}; {OFFSET_CONSENSUS}: {second.reason}"
+            match = second
     links = split_matches(a, b, rows_a[match.index_a], rows_b[match.index_b], model.min_matches) if match.ok else []
-    return PairResult(a.views, b.views, a.label, b.label, len(rows_a), len(rows_b), match, links)
+    return PairResult(a.views, b.views, a.label, b.label, len(rows_a), len(rows_b), match, links, method)
 
 
 def _icp_result(pa, pb, ia, ib, affine, params: MatchParams) -> PairMatch:
