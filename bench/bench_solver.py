@@ -6,7 +6,8 @@ fraction ``--bad`` of the links are wrong (their matches agree on an offset of
 (two-round iterative, BigStitcher's STRICT link-removal thresholds 2.5x / 3.5 px),
 and the script prints time, peak traced memory (numpy arrays; the sparse LU
 factors held inside SuperLU are not traced), removed links (how many of them
-were the wrong ones) and the error of the result (largest distance between solved and true model at
+were the wrong ones), the Newton / Gauss-Newton steps of all solves and whether every
+solve reached its tolerance, and the error of the result (largest distance between solved and true model at
 any tile corner, world px; tile 0 is the fixed gauge),
 then the scaling between sizes measured in the same run.
 
@@ -107,7 +108,8 @@ def run(n_tiles: int, matches: int, bad: float, model: TransformModel):
         "matches": len(graph.weights), "wrong": int(wrong.sum()), "model": model.describe(), "seconds": seconds,
         "peak_mb": peak / 1e6, "input_mb": (graph.points_a.nbytes * 2 + graph.weights.nbytes) / 1e6,
         "removed": len(removed), "removed_wrong": int(wrong[removed].sum()),
-        "solves": len(opt.stats), "error_px": _error(opt.models, truth, origins),
+        "solves": len(opt.stats), "iterations": sum(st.iterations for _, st in opt.stats),
+        "converged": all(st.converged for _, st in opt.stats), "error_px": _error(opt.models, truth, origins),
     }
 
 
@@ -122,8 +124,8 @@ def main() -> None:
     known = {"rigid": TransformModel("rigid", "none", 0.0), "affine": TransformModel("affine", "rigid", 0.1)}
     models = [known[m] for m in args.models]
     rows = [run(n, args.matches, args.bad, m) for m in models for n in args.sizes]
-    cols = ("model", "tiles", "grid", "links", "matches", "wrong", "removed", "removed_wrong", "solves", "seconds",
-            "peak_mb", "input_mb", "error_px")
+    cols = ("model", "tiles", "grid", "links", "matches", "wrong", "removed", "removed_wrong", "solves", "iterations",
+            "converged", "seconds", "peak_mb", "input_mb", "error_px")
     print("  ".join(f"{c:>14}" for c in cols))
     for r in rows:
         print("  ".join(f"{r[c]:>14.3f}" if isinstance(r[c], float) else f"{r[c]!s:>14}" for c in cols))

@@ -53,6 +53,17 @@ def apply_affine(matrix: np.ndarray, points_xyz: np.ndarray) -> np.ndarray:
     return p @ m[:3, :3].T + m[:3, 3]
 
 
+def registration_hash(affine_a: np.ndarray, affine_b: np.ndarray) -> float:
+    """BigStitcher's hash of a pair's registrations, ``sum_i (a_i + 13 b_i)`` over the 12 row-packed coefficients.
+
+    A stored pairwise stitching result whose hash differs from that of the
+    views' current registrations is stale (``PairwiseStitchingResult.calculateHash``).
+    """
+    a = np.asarray(affine_a, dtype=np.float64)[:3, :4]
+    b = np.asarray(affine_b, dtype=np.float64)[:3, :4]
+    return float((a + 13.0 * b).sum())
+
+
 def view_size_xyz(spim: SpimData, view: ViewId) -> np.ndarray:
     """Full-resolution size of the view in pixels (xyz)."""
     setup = spim.setup(view)

@@ -63,6 +63,9 @@ def print_report(report: dict, console: Console, title: str = "global optimisati
         str(len(report["removed_links"])), str(len(report["placed_by_metadata"])),
     )
     console.print(table)
+    if report.get("groups"):
+        console.print(f"  one model per group: {len(report['groups'])} groups of views "
+                      f"({', '.join('+'.join(g) for g in report['groups'][:3])}{', ...' if len(report['groups']) > 3 else ''})")
     sel = report.get("model_selection")
     if sel:
         console.print(f"  model selection: {sel['chosen']} (F = {sel['F']:.3g}, p = {sel['p']:.3g}; residual sum of "

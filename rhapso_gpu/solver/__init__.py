@@ -9,9 +9,11 @@ Public API::
     report = build_report(solved)         # per-link residuals, removed links, convergence
 
 Modules: :mod:`~.graph` (matches grouped by link, their moments),
-:mod:`~.linear` (direct sparse solves per model), :mod:`~.global_opt`
-(fixed tiles, pre-alignment, link removal, two rounds), :mod:`~.dataset`
-(views, correspondences, registrations), :mod:`~.report`, :mod:`~.params`.
+:mod:`~.linear` (direct sparse solves: translation, rigid), :mod:`~.affine`
+(affine and regularised affine: Newton on mpicbg's fixed point),
+:mod:`~.global_opt` (fixed tiles, pre-alignment, link removal, two rounds),
+:mod:`~.dataset` (views or groups of views, correspondences, registrations),
+:mod:`~.report`, :mod:`~.params`.
 """
 
 from rhapso_gpu.solver.dataset import DatasetSolve, apply_solution, solve_dataset, transform_name

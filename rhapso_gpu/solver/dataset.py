@@ -1,10 +1,14 @@
 """Global optimisation of a dataset: matches from ``interestpoints.n5``, models into the registrations.
 
-Every view is one tile. Matched points are read in the views' full-resolution
-local pixels (xyz) and taken to world coordinates with the views' current
+Every view is one tile, or, with ``group_tiles`` / ``group_channels`` /
+``group_illuminations``, every group of views that differ only in those
+attributes (BigStitcher's grouping: one model per group, matches within a
+group ignored). Matched points are read in the views' full-resolution local
+pixels (xyz) and taken to world coordinates with the views' current
 registrations; the solved tile model ``M`` (world -> corrected world) is
-pre-concatenated to the view's registration as a new ``ViewTransform`` at
-index 0 (``new world = M @ old world``), as BigStitcher stores it.
+pre-concatenated to the registration of each of the tile's views as a new
+``ViewTransform`` at index 0 (``new world = M @ old world``), as BigStitcher
+stores it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from rhapso_gpu.solver.global_opt import Optimum, optimize
 from rhapso_gpu.solver.graph import MatchGraph, match_distances
 from rhapso_gpu.solver.linear import IDENTITY
 from rhapso_gpu.solver.params import SolveParams
+from rhapso_gpu.solver.stitching_links import stitching_graph
 
 MPICBG_NAMES = {
     "identity": "IdentityModel",
@@ -43,8 +48,9 @@ def transform_name(model: TransformModel) -> str:
 
 @dataclass
 class DatasetSolve:
-    """A solved dataset: the views (tile ``i`` is ``views[i]``), fixed views, the optimum.
+    """A solved dataset: the views, fixed views, the optimum.
 
+    Tile ``i`` of the optimum is the views ``tiles[i]`` (one each unless grouped).
     ``selection`` describes the model selection (``select_model``), else None.
     """
 
@@ -53,6 +59,37 @@ class DatasetSolve:
     optimum: Optimum
     model: TransformModel
     selection: dict | None = None
+    tiles: list[tuple[ViewId, ...]] | None = None
+
+    def __post_init__(self):
+        if self.tiles is None:
+            self.tiles = [(v,) for v in self.views]
+
+    def tile_name(self, tile: int) -> str:
+        """``tp0/setup1`` for a single view, ``tp0/setup0+tp0/setup1`` for a group."""
+        return "+".join(str(v) for v in self.tiles[tile])
+
+
+def view_groups(spim: SpimData, views: list[ViewId], grouped: set[str]) -> list[tuple[ViewId, ...]]:
+    """Views that share one model: those of one time point that differ only in the ``grouped`` setup attributes.
+
+    Parameters
+    ----------
+    grouped : set of str
+        ``tile``, ``channel``, ``illumination`` (as ``match``'s ``group_*``); empty: one view per group.
+
+    Returns
+    -------
+    list of tuple of ViewId
+        Each group sorted, groups sorted by their first view.
+    """
+    if not grouped:
+        return [(v,) for v in sorted(views)]
+    groups: dict[tuple, list[ViewId]] = {}
+    for v in sorted(views):
+        kept = tuple(sorted((k, val) for k, val in spim.setup(v).attributes.items() if k not in grouped))
+        groups.setdefault((v.timepoint, kept), []).append(v)
+    return sorted(tuple(g) for g in groups.values())
 
 
 def fixed_views(spim: SpimData, views: list[ViewId], params: SolveParams) -> list[ViewId]:
@@ -78,7 +115,11 @@ def build_graph(spim: SpimData, views: list[ViewId], params: SolveParams) -> Mat
 
     A match of labels ``la`` and ``lb`` weighs ``(w_la + w_lb) / 2``. Each
     pair is read from its lower view's correspondences (they are stored in both).
+    With ``params.links == "stitching"`` the matches come from the stitching
+    results instead (:mod:`~rhapso_gpu.solver.stitching_links`).
     """
+    if params.links == "stitching":
+        return stitching_graph(spim, views, same_timepoint=params.timepoints == "individually")
     index = {v: i for i, v in enumerate(views)}
     labels = set(params.labels)
     refs = {(r.view, r.label) for r in spim.interest_points}
@@ -124,26 +165,34 @@ def solve_dataset(spim: SpimData, params: SolveParams, views: list[ViewId] | Non
     if not views:
         raise UserError(f"{spim.location or 'dataset'}: no views to solve")
     fixed = fixed_views(spim, views, params)
+    tiles = view_groups(spim, views, params.grouped())
+    tile_of = {v: t for t, members in enumerate(tiles) for v in members}
     graph = build_graph(spim, views, params)
+    if len(tiles) < len(views):
+        graph = graph.merge_tiles(np.array([tile_of[v] for v in views]), len(tiles))
     if graph.n_links == 0:
         raise UserError(
-            f"{spim.location or 'dataset'}: no correspondences between the views for label(s) "
+            f"{spim.location or 'dataset'}: no correspondences between the views"
+            f"{' of different groups' if len(tiles) < len(views) else ''} for label(s) "
             f"{', '.join(params.labels)} (run `rhapso-gpu match` first, or choose labels with --label)"
         )
-    boxes = np.array([np.stack(view_box_world(spim, v)) for v in views])
+    view_boxes = {v: np.stack(view_box_world(spim, v)) for v in views}
+    boxes = np.array([[np.min([view_boxes[v][0] for v in t], axis=0), np.max([view_boxes[v][1] for v in t], axis=0)]
+                      for t in tiles])
     same_tp = params.timepoints == "individually"
-    pairs = [(i, j) for i in range(len(views)) for j in range(i + 1, len(views))
-             if not same_tp or views[i].timepoint == views[j].timepoint]
-    fixed_mask = np.isin(np.arange(len(views)), [views.index(v) for v in fixed])
+    pairs = [(i, j) for i in range(len(tiles)) for j in range(i + 1, len(tiles))
+             if not same_tp or tiles[i][0].timepoint == tiles[j][0].timepoint]
+    fixed_mask = np.zeros(len(tiles), bool)
+    fixed_mask[[tile_of[v] for v in fixed]] = True
     settings = params.settings()
     optimum = optimize(graph, fixed_mask, settings, boxes, pairs)
-    solved = DatasetSolve(views, fixed, optimum, params.transform_model())
+    solved = DatasetSolve(views, fixed, optimum, params.transform_model(), tiles=tiles)
     if params.select_model and params.model == "affine":
         rigid = replace(settings, model=TransformModel("rigid", "none", 0.0))
         rigid_optimum = optimize(graph, fixed_mask, rigid, boxes, pairs)
         solved.selection = select_model(optimum, rigid_optimum, params.select_p)
         if solved.selection["chosen"] == "rigid":
-            solved = DatasetSolve(views, fixed, rigid_optimum, rigid.model, solved.selection)
+            solved = DatasetSolve(views, fixed, rigid_optimum, rigid.model, solved.selection, tiles)
     return solved
 
 
@@ -174,7 +223,8 @@ def select_model(affine: Optimum, rigid: Optimum, p_value: float) -> dict:
 
 
 def apply_solution(spim: SpimData, solved: DatasetSolve) -> None:
-    """Pre-concatenate every solved view's model as a new ``ViewTransform`` at index 0."""
+    """Pre-concatenate every view's tile model as a new ``ViewTransform`` at index 0."""
     name = transform_name(solved.model)
-    for view, model in zip(solved.views, solved.optimum.models, strict=True):
-        spim.registrations[view].insert(0, ViewTransform.from_matrix(name, model))
+    for members, model in zip(solved.tiles, solved.optimum.models, strict=True):
+        for view in members:
+            spim.registrations[view].insert(0, ViewTransform.from_matrix(name, model))

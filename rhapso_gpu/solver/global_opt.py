@@ -28,12 +28,12 @@ from scipy.sparse.csgraph import connected_components
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.geometry import box_corners
 from rhapso_gpu.models import TransformModel
+from rhapso_gpu.solver.affine import solve_affine
 from rhapso_gpu.solver.graph import LinkMoments, MatchGraph, link_moments, match_distances
 from rhapso_gpu.solver.linear import (
     IDENTITY,
     SolveStats,
     fit_tiles,
-    solve_affine,
     solve_rigid,
     solve_translation,
     tile_extent,
@@ -161,6 +161,10 @@ def _solve(graph: MatchGraph, fixed: np.ndarray, settings: SolverSettings, start
     ``moments`` are the graph's :func:`link_moments` if already known.
     """
     model = settings.model
+    if model.regularized and model.lam == 1.0:  # the regulariser alone
+        if model.regularizer == "identity":
+            return np.repeat(IDENTITY[None], graph.n_tiles, axis=0), SolveStats(0, 0.0, True), []
+        model = TransformModel(model.regularizer, "none", 0.0)
     moments = link_moments(graph) if moments is None else moments
     labels = components(graph.n_tiles, graph.link_a, graph.link_b)
     held = fixed.copy()

@@ -97,6 +97,13 @@ class MatchGraph:
         """Link index of every match, (M,)."""
         return np.repeat(np.arange(self.n_links), np.diff(self.offsets))
 
+    def merge_tiles(self, tile_of: np.ndarray, n_tiles: int) -> MatchGraph:
+        """The graph of groups of tiles: tile ``t`` becomes ``tile_of[t]``; matches within a group are dropped."""
+        tile_of = np.asarray(tile_of, np.int64)
+        links = [(tile_of[a], tile_of[b], self.points_a[lo:hi], self.points_b[lo:hi], self.weights[lo:hi])
+                 for a, b, lo, hi in zip(self.link_a, self.link_b, self.offsets[:-1], self.offsets[1:], strict=True)]
+        return MatchGraph.from_links(n_tiles, links, weak=list(self.weak))
+
     def subset(self, keep: np.ndarray) -> MatchGraph:
         """The graph with only the links where ``keep`` (bool (L,)) is true."""
         keep = np.asarray(keep, bool)

@@ -1,4 +1,4 @@
-"""Direct sparse solves of the global optimisation (translation, rigid, affine, regularised affine).
+"""Direct sparse solves of the global optimisation (translation, rigid; the shared sparse machinery).
 
 The error of tile models ``M_i`` (3x4, xyz) over all links is
 
@@ -17,10 +17,8 @@ directly:
 * rigid: a stationary point of ``E`` over rotations and translations; Newton
   (Gauss-Newton where Newton's step does not descend) on ``E`` with rotations
   about each tile's centre, a sparse solve per step.
-* regularised affine, ``M_i = (1 - lambda) Aff_i(M) + lambda Reg_i(M)``: with the
-  regulariser's fits ``G = Reg(M)`` held, the equation is linear,
-  ``(D - (1 - lambda) O) X = lambda D G`` (``O`` the off-diagonal blocks), so
-  alternate a sparse solve and the regulariser fits until ``M`` stops changing.
+* regularised affine, ``M_i = (1 - lambda) Aff_i(M) + lambda Reg_i(M)``:
+  Gauss-Newton on that equation, see :mod:`rhapso_gpu.solver.affine`.
 
 The per-tile fits are those of :mod:`rhapso_gpu.models`, applied to six virtual
 point pairs per tile that have exactly the tile's weighted moments.
@@ -34,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from rhapso_gpu.models import FITS, TransformModel
+from rhapso_gpu.models import FITS
 from rhapso_gpu.solver.graph import LinkMoments
 
 IDENTITY = np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1)
@@ -97,11 +95,12 @@ def _splu(a: sp.spmatrix):
     return spla.splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
 
 
-def factorize(a: sp.spmatrix, block: int, coarse: sp.spmatrix | None = None, exact_fallback: bool = True):
+def factorize(a: sp.spmatrix, block: int, coarse: sp.spmatrix | None = None, exact_fallback: bool = True,
+              rtol: float = CG_RTOL, direct_max: int | None = None):
     """A solver of the sparse symmetric positive definite system ``a``, prepared once for many right sides.
 
-    Up to :data:`DIRECT_MAX` unknowns: one sparse LU factorisation. Beyond:
-    conjugate gradients to :data:`CG_RTOL`, started from ``x0``, preconditioned
+    Up to ``direct_max`` (default :data:`DIRECT_MAX`) unknowns: one sparse LU factorisation. Beyond:
+    conjugate gradients to ``rtol``, started from ``x0``, preconditioned
     with the inverse ``block`` x ``block`` diagonal blocks (one tile each) plus,
     if given, the exact solve on the span of the columns of ``coarse`` (n, k)
     (two-level additive Schwarz: the diagonal blocks damp local errors, the
@@ -114,6 +113,13 @@ def factorize(a: sp.spmatrix, block: int, coarse: sp.spmatrix | None = None, exa
         Where conjugate gradients do not converge (within ``20 n`` iterations),
         solve by the exact factorisation, however slow; if false, stop after
         :data:`CG_TRY_MAXITER` iterations and raise ``RuntimeError``.
+    rtol : float
+        Relative residual at which conjugate gradients stop (an inexact Newton
+        step needs less than the default :data:`CG_RTOL`).
+    direct_max : int, optional
+        Largest system solved by LU (the fill-in of a factor grows with the
+        unknowns per tile: 12 per tile are solved faster iteratively from a few
+        hundred tiles on).
 
     Returns
     -------
@@ -123,7 +129,7 @@ def factorize(a: sp.spmatrix, block: int, coarse: sp.spmatrix | None = None, exa
     n = a.shape[0]
     if n == 0:
         return lambda b, x0=None: np.zeros_like(b)
-    if n <= DIRECT_MAX:
+    if n <= (DIRECT_MAX if direct_max is None else direct_max):
         lu = _splu(a)
         return lambda b, x0=None: lu.solve(b)
     a = a.tocsr()
@@ -147,7 +153,7 @@ def factorize(a: sp.spmatrix, block: int, coarse: sp.spmatrix | None = None, exa
         start = np.zeros_like(columns) if x0 is None else x0.reshape(n, -1)
         out = np.empty_like(columns)
         for j in range(columns.shape[1]):
-            out[:, j], converged = _pcg(a, columns[:, j], start[:, j], precond, maxiter)
+            out[:, j], converged = _pcg(a, columns[:, j], start[:, j], precond, maxiter, rtol)
             if not converged and not exact_fallback:
                 raise RuntimeError("conjugate gradients did not converge")
             if not converged:
@@ -162,11 +168,12 @@ def _dot(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.einsum("i,i->", x, y))
 
 
-def _pcg(a: sp.csr_matrix, b: np.ndarray, x0: np.ndarray, precond, maxiter: int) -> tuple[np.ndarray, bool]:
-    """Preconditioned conjugate gradients from ``x0`` until ``|b - a x| <= CG_RTOL |b|``: ``(x, converged)``."""
+def _pcg(a: sp.csr_matrix, b: np.ndarray, x0: np.ndarray, precond, maxiter: int,
+         rtol: float = CG_RTOL) -> tuple[np.ndarray, bool]:
+    """Preconditioned conjugate gradients from ``x0`` until ``|b - a x| <= rtol |b|``: ``(x, converged)``."""
     x = x0.copy()
     r = b - a @ x
-    target = CG_RTOL * np.sqrt(_dot(b, b))
+    target = rtol * np.sqrt(_dot(b, b))
     z = precond(r)
     p = z.copy()
     rz = _dot(r, z)
@@ -295,41 +302,6 @@ def solve_translation(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.n
     return out, SolveStats(1, 0.0, True)
 
 
-def solve_affine(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray, models: np.ndarray,
-                 model: TransformModel, max_iterations: int = 100, tolerance: float = 1e-6, extent: float = 1.0):
-    """Affine or regularised affine: the fixed point of ``M = (1 - lambda) Aff(M) + lambda Reg(M)``.
-
-    Parameters
-    ----------
-    tolerance : float
-        Stop when no tile's model moves a point within ``extent`` of the origin
-        by more than this (world units).
-    extent : float
-        Size of the region the tolerance refers to (world units).
-    """
-    lam = model.lam if model.regularized else 0.0
-    free = ~fixed
-    d = _tile_diagonal(n_tiles, link_a, link_b, moments)
-    determined = affine_determined(d)
-    if lam == 0.0 and determined[free].all():
-        solver = _LinearSolver(_block_matrix(n_tiles, link_a, link_b, moments), free)
-        return solver(np.zeros((4 * n_tiles, 3)), models), SolveStats(1, 0.0, True)
-    # tiles whose matches do not determine an affine follow the regulariser alone (M_i = G_i), held in the solve
-    # the matrix is the same in every step: factorised once
-    solver = _LinearSolver(_block_matrix(n_tiles, link_a, link_b, moments, off_scale=1.0 - lam), free & determined)
-    reg_kind = model.regularizer if model.regularized else "rigid"
-
-    def step(current: np.ndarray) -> np.ndarray:
-        dd, c = tile_fit_moments(n_tiles, link_a, link_b, moments, current)
-        g = fit_tiles(reg_kind, dd, c)
-        g = np.where(np.isfinite(g), g, current)
-        held = np.where((free & ~determined)[:, None, None], g, current)
-        rhs = lam * (d @ np.swapaxes(g, 1, 2)).reshape(4 * n_tiles, 3)
-        return solver(rhs, held)
-
-    return anderson(step, models, max_iterations, tolerance, extent)
-
-
 def tile_extent(n_tiles, link_a, link_b, moments: LinkMoments) -> float:
     """Largest spread of a tile's matched points, ``2 sqrt(trace cov)`` (world units): the size tolerances refer to."""
     d = _tile_diagonal(n_tiles, link_a, link_b, moments)
@@ -337,48 +309,6 @@ def tile_extent(n_tiles, link_a, link_b, moments: LinkMoments) -> float:
     mean = d[:, :3, 3] / w[:, None]
     var = np.trace(d[:, :3, :3], axis1=1, axis2=2) / w - (mean**2).sum(axis=1)
     return float(2.0 * np.sqrt(np.clip(var, 0.0, None)).max(initial=1.0))
-
-
-def affine_determined(d: np.ndarray, rel: float = 1e-8) -> np.ndarray:
-    """Tiles whose matched points determine an affine: their weighted covariance has full rank, (n,) bool."""
-    w = d[:, 3, 3]
-    safe = np.where(w > 0, w, 1.0)
-    mean = d[:, :3, 3] / safe[:, None]
-    cov = d[:, :3, :3] / safe[:, None, None] - mean[:, :, None] * mean[:, None, :]
-    ev = np.linalg.eigvalsh(0.5 * (cov + np.swapaxes(cov, 1, 2)))
-    return (w > 0) & (ev[:, 0] > rel * np.maximum(ev[:, 2], 1e-300))
-
-
-def anderson(step, models: np.ndarray, max_iterations: int, tolerance: float, extent: float, depth: int = 5):
-    """Fixed point ``M = step(M)`` by Anderson-accelerated iteration (type II, ``depth`` last steps).
-
-    Plain iteration of the regularised fixed point converges slowly (the
-    regulariser's fits follow the models); mixing the last few steps by least
-    squares converges in a few dozen.
-    """
-    xs, fs = [], []
-    change = best = np.inf
-    x = models
-    for it in range(1, max_iterations + 1):
-        fx = step(x)
-        change = model_change(fx, x, extent)
-        if change <= tolerance:
-            return fx, SolveStats(it, change, True)
-        if change > best:  # the mixed step did worse: restart from a plain step
-            xs, fs, x = [], [], fx
-            continue
-        best = change
-        xs.append(x.ravel())
-        fs.append(fx.ravel() - x.ravel())
-        xs, fs = xs[-(depth + 1):], fs[-(depth + 1):]
-        if len(fs) > 1:
-            df = np.diff(np.array(fs), axis=0).T
-            dx = np.diff(np.array(xs), axis=0).T
-            gamma = np.linalg.lstsq(df, fs[-1], rcond=1e-12)[0]
-            x = (x.ravel() + fs[-1] - (dx + df) @ gamma).reshape(x.shape)
-        else:
-            x = fx
-    return x, SolveStats(max_iterations, change, False)
 
 
 def model_change(new: np.ndarray, old: np.ndarray, extent: float) -> float:
@@ -474,18 +404,16 @@ def _descent_step(normal: sp.csr_matrix, curvature: sp.csr_matrix, rhs: np.ndarr
     return factorize(normal, 6, coarse)(rhs)
 
 
-def _rigid_coarse_space(centers: np.ndarray, free: np.ndarray, link_a: np.ndarray, link_b: np.ndarray):
-    """Rigid motions of blocks of tiles, as steps of the free tiles' parameters, sparse (6 f, 6 blocks).
+def coarse_blocks(centers: np.ndarray, free: np.ndarray, link_a: np.ndarray, link_b: np.ndarray):
+    """Bin the free tiles into blocks for a coarse space: ``(block of every free tile (f,), block means (b, 3))``.
 
-    Free tiles are binned by centre into cubes of three times the median
-    distance between linked tiles' centres (about 27 tiles of a 3-D grid). A
-    block's motion ``(Omega, Delta)`` about its mean centre ``C`` moves tile
-    ``i`` by ``omega_i = Omega``, ``delta_i = Delta + Omega x (c_i - C)``.
+    Cubes of three times the median distance between linked tiles' centres
+    (about 27 tiles of a 3-D grid), numbered deterministically.
 
     Parameters
     ----------
     centers : ndarray (n_tiles, 3)
-        Rotation centres of all tiles (world units).
+        Centres of all tiles (world units).
     free : ndarray of int (f,)
         The free tiles.
     link_a, link_b : ndarray of int (L,)
@@ -499,13 +427,29 @@ def _rigid_coarse_space(centers: np.ndarray, free: np.ndarray, link_a: np.ndarra
     mean = np.zeros((n_blocks, 3))
     np.add.at(mean, block, c)
     mean /= np.bincount(block, minlength=n_blocks)[:, None]
+    return block, mean
+
+
+def block_prolongation(per_tile: np.ndarray, block: np.ndarray, n_blocks: int) -> sp.csr_matrix:
+    """Sparse ``(k f, m n_blocks)`` map from ``m`` parameters per block to ``k`` per free tile (``per_tile`` (f, k, m))."""
+    f, k, m = per_tile.shape
+    rows = (k * np.arange(f)[:, None, None] + np.arange(k)[None, :, None]).repeat(m, axis=2)
+    cols = (m * block[:, None, None] + np.arange(m)[None, None, :]).repeat(k, axis=1)
+    return sp.csr_matrix((per_tile.ravel(), (rows.ravel(), cols.ravel())), shape=(k * f, m * n_blocks))
+
+
+def _rigid_coarse_space(centers: np.ndarray, free: np.ndarray, link_a: np.ndarray, link_b: np.ndarray):
+    """Rigid motions of blocks of tiles (:func:`coarse_blocks`), as steps of the free tiles' parameters, (6 f, 6 b).
+
+    A block's motion ``(Omega, Delta)`` about its mean centre ``C`` moves tile
+    ``i`` by ``omega_i = Omega``, ``delta_i = Delta + Omega x (c_i - C)``.
+    """
+    block, mean = coarse_blocks(centers, free, link_a, link_b)
     p = np.zeros((len(free), 6, 6))
     p[:, :3, :3] = np.eye(3)
     p[:, 3:, 3:] = np.eye(3)
-    p[:, 3:, :3] = -_skew(c - mean[block])  # Omega x v = -[v]x Omega
-    rows = (6 * np.arange(len(free))[:, None, None] + np.arange(6)[None, :, None]).repeat(6, axis=2)
-    cols = (6 * block[:, None, None] + np.arange(6)[None, None, :]).repeat(6, axis=1)
-    return sp.csr_matrix((p.ravel(), (rows.ravel(), cols.ravel())), shape=(6 * len(free), 6 * n_blocks))
+    p[:, 3:, :3] = -_skew(centers[free] - mean[block])  # Omega x v = -[v]x Omega
+    return block_prolongation(p, block, len(mean))
 
 
 def _rotation_curvature(models: np.ndarray, centers: np.ndarray, gradient: np.ndarray) -> sp.csr_matrix:

@@ -7,6 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rhapso_gpu.models import TransformModel
+
+GROUPABLE = {"tiles": "tile", "channels": "channel", "illuminations": "illumination"}
+"""Grouping option suffix -> view setup attribute (as ``match``'s ``group_*`` options)."""
 from rhapso_gpu.solver.global_opt import SolverSettings
 
 
@@ -19,6 +22,11 @@ class SolveParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    links: Literal["interestpoints", "stitching"] = Field(
+        "interestpoints",
+        description="where the matches come from: interest-point correspondences, or the pairwise shifts of "
+        "`rhapso-gpu stitch` (8 corners of each overlap box, BigStitcher's STITCHING source)",
+    )
     labels: list[str] = Field(["beads"], min_length=1, description="interest-point labels whose matches are used")
     label_weights: dict[str, float] = Field(
         {}, description="weight per label (default 1.0); a match weighs the mean of its two labels' weights"
@@ -42,7 +50,7 @@ class SolveParams(BaseModel):
     fixed_views: list[str] | None = Field(
         None, description="views held fixed, 'timepoint,setup' each (default: first view of every time point)"
     )
-    max_iterations: int = Field(100, ge=1, description="most Gauss-Newton / fixed-point steps per solve")
+    max_iterations: int = Field(100, ge=1, description="most Newton / Gauss-Newton steps per solve (rigid, regularised affine)")
     tolerance: float = Field(1e-6, gt=0, description="stop when no tile moves more than this (world units)")
     select_model: bool = Field(
         False,
@@ -53,6 +61,9 @@ class SolveParams(BaseModel):
     timepoints: Literal["individually", "all"] = Field(
         "individually", description="solve every time point on its own (with its fixed view), or all together"
     )
+    group_tiles: bool = Field(False, description="views that differ only in tile share one model")
+    group_channels: bool = Field(False, description="views that differ only in channel share one model")
+    group_illuminations: bool = Field(False, description="views that differ only in illumination share one model")
 
     @field_validator("fixed_views")
     @classmethod
@@ -62,6 +73,10 @@ class SolveParams(BaseModel):
             if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
                 raise ValueError(f"fixed view {v!r}: expected 'timepoint,setup'")
         return value
+
+    def grouped(self) -> set[str]:
+        """Setup attributes grouped over (``tile``, ``channel``, ``illumination``); empty: one model per view."""
+        return {attr for name, attr in GROUPABLE.items() if getattr(self, f"group_{name}")}
 
     def transform_model(self) -> TransformModel:
         """The tile model; regularisation applies to the affine only."""

@@ -22,7 +22,7 @@ def _round(x: float) -> float | None:
 
 def build_report(solved: DatasetSolve) -> dict:
     """The report as a JSON-ready dict (see the module docstring)."""
-    opt, views = solved.optimum, solved.views
+    opt, name = solved.optimum, solved.tile_name
     graph = opt.graph
     keep = ~opt.removed
     dist, link_err, tile_err = tile_errors(graph, opt.models, keep)
@@ -30,8 +30,8 @@ def build_report(solved: DatasetSolve) -> dict:
     for lnk in range(graph.n_links):
         d = dist[graph.offsets[lnk]: graph.offsets[lnk + 1]]
         links.append({
-            "a": str(views[graph.link_a[lnk]]),
-            "b": str(views[graph.link_b[lnk]]),
+            "a": name(graph.link_a[lnk]),
+            "b": name(graph.link_b[lnk]),
             "matches": int(d.size),
             "mean": _round(link_err[lnk]),
             "rms": _round(np.sqrt(np.mean(d**2))),
@@ -40,15 +40,16 @@ def build_report(solved: DatasetSolve) -> dict:
         })
     kept = [x for x, k in zip(links, keep, strict=True) if k]
     tiles = [
-        {"view": str(v), "mean": _round(tile_err[i]), "links": int(((graph.link_a == i) | (graph.link_b == i))[keep].sum())}
-        for i, v in enumerate(views)
+        {"view": name(i), "mean": _round(tile_err[i]), "links": int(((graph.link_a == i) | (graph.link_b == i))[keep].sum())}
+        for i in range(len(solved.tiles))
     ]
     finite = [t for t in tiles if t["mean"] is not None]
     d_kept = dist[np.repeat(keep, np.diff(graph.offsets))]
     return {
         "model": transform_name(solved.model),
-        "views": len(views),
+        "views": len(solved.views),
         "fixed_views": [str(v) for v in solved.fixed],
+        "groups": [[str(v) for v in members] for members in solved.tiles if len(members) > 1],
         "links": len(kept),
         "matches": int(d_kept.size),
         "rms": _round(np.sqrt(np.mean(d_kept**2))) if d_kept.size else None,
@@ -56,13 +57,13 @@ def build_report(solved: DatasetSolve) -> dict:
         "worst_link": max(kept, key=lambda x: x["max"], default=None),
         "worst_tile": max(finite, key=lambda t: t["mean"], default=None),
         "removed_links": [
-            {"a": str(views[r.tile_a]), "b": str(views[r.tile_b]), "error": _round(r.error),
+            {"a": name(r.tile_a), "b": name(r.tile_b), "error": _round(r.error),
              "avg_tile_error": _round(r.avg_tile_error), "max_tile_error": _round(r.max_tile_error)}
             for r in opt.removals
         ],
         "model_selection": solved.selection,
-        "placed_by_metadata": [str(views[t]) for t in opt.placed_by_metadata],
-        "unplaced": [str(views[t]) for t in opt.unplaced],
+        "placed_by_metadata": [str(v) for t in opt.placed_by_metadata for v in solved.tiles[t]],
+        "unplaced": [str(v) for t in opt.unplaced for v in solved.tiles[t]],
         "weak_links": 0 if opt.weak is None else opt.weak.n_links,
         "convergence": [
             {"solve": name, "iterations": s.iterations, "last_change": _round(s.change), "converged": s.converged}
