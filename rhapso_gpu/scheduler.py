@@ -16,18 +16,36 @@ a code change.
     A ``dask_cuda.LocalCUDACluster``: one worker per visible GPU.
 ``tcp://host:port``
     An existing scheduler, e.g. on AWS, with ``dask cuda worker`` processes.
+
+Progress
+--------
+:meth:`Cluster.compute` shows a progress bar with an ETA on stderr, labelled
+by :meth:`Cluster.stage`, when stderr is a terminal and the ``rhapso_gpu``
+logger is not quieter than INFO (``--quiet``); ``Cluster.progress`` forces it
+on or off.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
+from dask.callbacks import Callback
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from rhapso_gpu.errors import UserError
 
@@ -48,11 +66,21 @@ class Cluster:
         None for ``synchronous`` and ``threads``.
     n_workers : int
         Worker processes (or threads) available.
+    progress : bool or None
+        Progress bars on stderr: None (default) shows them when stderr is a
+        terminal and the ``rhapso_gpu`` logger shows INFO messages.
+    label : str
+        What the bars are labelled with; set it with :meth:`stage`.
+    console : rich.console.Console or None
+        Where the bars go (default: stderr).
     """
 
     spec: str
     client: Any = None
     n_workers: int = 1
+    progress: bool | None = None
+    label: str = "compute"
+    console: Any = field(default=None, repr=False)
 
     @property
     def description(self) -> str:
@@ -61,13 +89,76 @@ class Cluster:
             return f"{self.spec} ({self.n_workers} thread{'s' if self.n_workers != 1 else ''})"
         return f"{self.spec} at {self.client.scheduler.address} ({self.n_workers} workers)"
 
+    @contextmanager
+    def stage(self, label: str) -> Iterator[Cluster]:
+        """Label the progress bars of the computes inside the block (e.g. ``with cluster.stage("fuse"):``)."""
+        previous, self.label = self.label, label
+        try:
+            yield self
+        finally:
+            self.label = previous
+
+    def show_progress(self) -> bool:
+        """True when :meth:`compute` draws progress bars (see ``progress``)."""
+        if self.progress is not None:
+            return self.progress
+        return sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO
+
     def compute(self, *collections, **kwargs):
-        """Compute dask collections here; same contract as :func:`dask.compute`."""
+        """Compute dask collections here; same contract as :func:`dask.compute`.
+
+        With :meth:`show_progress`, a bar counts the finished tasks (local
+        schedulers) or the finished output keys (distributed) with an ETA.
+        """
+        if not (collections and self.show_progress() and all(dask.is_dask_collection(c) for c in collections)):
+            return self._compute(collections, kwargs)
+        console = self.console or Console(stderr=True, force_terminal=self.progress or None)
+        with _progress_bar(self.label, console) as (bar, task):
+            if self.client is None:
+                with _TaskCounter(bar, task):
+                    return self._compute(collections, kwargs)
+            return self._compute_distributed(collections, kwargs, bar, task)
+
+    def _compute(self, collections, kwargs):
         if self.client is not None:
             return dask.compute(*collections, scheduler=self.client, **kwargs)
         if self.spec == "synchronous":
             return dask.compute(*collections, scheduler="synchronous", **kwargs)
         return dask.compute(*collections, scheduler="threads", num_workers=self.n_workers, **kwargs)
+
+    def _compute_distributed(self, collections, kwargs, bar, task):
+        # persist first, so the bar can follow the output keys' futures, then gather from the persisted ones
+        from distributed import as_completed, futures_of
+
+        persisted = self.client.persist(list(collections), optimize_graph=kwargs.get("optimize_graph", True))
+        futures = futures_of(persisted)
+        bar.update(task, total=len(futures))
+        for _ in as_completed(futures, loop=self.client.loop):
+            bar.advance(task)
+        return dask.compute(*persisted, scheduler=self.client, **kwargs)
+
+
+@contextmanager
+def _progress_bar(label: str, console: Console):
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        yield bar, bar.add_task(label, total=None)
+
+
+class _TaskCounter(Callback):
+    """A dask local-scheduler callback that advances a rich progress task per finished task."""
+
+    def __init__(self, bar: Progress, task) -> None:
+        super().__init__()
+        self._bar, self._task = bar, task
+
+    def _start_state(self, dsk, state) -> None:
+        total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
+        self._bar.update(self._task, total=total, completed=len(state["finished"]))
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        self._bar.advance(self._task)
 
 
 def _default_workers() -> int:
@@ -81,6 +172,7 @@ def open_cluster(
     threads_per_worker: int = 1,
     memory_limit: str | None = None,
     connect_timeout: float = 10.0,
+    progress: bool | None = None,
 ) -> Iterator[Cluster]:
     """Open the cluster named by ``spec`` and close what was started on exit.
 
@@ -98,6 +190,8 @@ def open_cluster(
         Per-worker memory limit for ``local``, e.g. ``"4GB"``.
     connect_timeout : float
         Seconds to wait for a ``tcp://`` scheduler.
+    progress : bool, optional
+        Force progress bars on or off (default: on a terminal, see :class:`Cluster`).
 
     Raises
     ------
@@ -108,23 +202,23 @@ def open_cluster(
     spec = str(spec).strip()
     if spec in ("synchronous", "threads"):
         n = 1 if spec == "synchronous" else (n_workers or _default_workers())
-        cluster = Cluster(spec=spec, n_workers=n)
-        log.info("cluster: %s", cluster.description)
-        yield cluster
-        return
-    if spec == "local":
-        yield from _local_cluster(n_workers, threads_per_worker, memory_limit)
-        return
-    if spec == "local-cuda":
-        yield from _local_cuda_cluster(memory_limit)
-        return
-    if spec.startswith(("tcp://", "tls://")):
-        yield from _remote_cluster(spec, connect_timeout)
-        return
-    raise UserError(f"--cluster '{spec}': unknown value (expected one of {', '.join(CLUSTER_CHOICES)})")
+        yield from _opened(Cluster(spec=spec, n_workers=n, progress=progress))
+    elif spec == "local":
+        yield from _local_cluster(n_workers, threads_per_worker, memory_limit, progress)
+    elif spec == "local-cuda":
+        yield from _local_cuda_cluster(memory_limit, progress)
+    elif spec.startswith(("tcp://", "tls://")):
+        yield from _remote_cluster(spec, connect_timeout, progress)
+    else:
+        raise UserError(f"--cluster '{spec}': unknown value (expected one of {', '.join(CLUSTER_CHOICES)})")
 
 
-def _local_cluster(n_workers, threads_per_worker, memory_limit):
+def _opened(cluster: Cluster):
+    log.info("cluster: %s", cluster.description)
+    yield cluster
+
+
+def _local_cluster(n_workers, threads_per_worker, memory_limit, progress):
     from distributed import Client, LocalCluster
 
     n = n_workers or _default_workers()
@@ -137,13 +231,16 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit):
     }
     if memory_limit:
         kwargs["memory_limit"] = memory_limit
-    with LocalCluster(**kwargs) as lc, Client(lc, set_as_default=False) as client:
-        cluster = Cluster(spec="local", client=client, n_workers=n)
-        log.info("cluster: %s", cluster.description)
-        yield cluster
+    # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which turns off glibc's adaptive mmap
+    # threshold: every large temporary array is then mapped and page-faulted anew (about 60 000 faults and
+    # +50% CPU per 256x256x64 detection block). Without it, workers allocate as this process does.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        lc = LocalCluster(**kwargs)
+    with lc, Client(lc, set_as_default=False) as client:
+        yield from _opened(Cluster(spec="local", client=client, n_workers=n, progress=progress))
 
 
-def _local_cuda_cluster(memory_limit):
+def _local_cuda_cluster(memory_limit, progress):
     from rhapso_gpu.backend import gpu_available
 
     ok, reason = gpu_available()
@@ -160,12 +257,10 @@ def _local_cuda_cluster(memory_limit):
         kwargs["memory_limit"] = memory_limit
     with LocalCUDACluster(**kwargs) as lc, Client(lc, set_as_default=False) as client:
         n = len(client.scheduler_info()["workers"])
-        cluster = Cluster(spec="local-cuda", client=client, n_workers=n)
-        log.info("cluster: %s", cluster.description)
-        yield cluster
+        yield from _opened(Cluster(spec="local-cuda", client=client, n_workers=n, progress=progress))
 
 
-def _remote_cluster(address: str, timeout: float):
+def _remote_cluster(address: str, timeout: float, progress: bool | None):
     from distributed import Client
 
     try:
@@ -177,8 +272,6 @@ def _remote_cluster(address: str, timeout: float):
         if n == 0:
             client.wait_for_workers(1, timeout=timeout)
             n = len(client.scheduler_info()["workers"])
-        cluster = Cluster(spec=address, client=client, n_workers=n)
-        log.info("cluster: %s", cluster.description)
-        yield cluster
+        yield from _opened(Cluster(spec=address, client=client, n_workers=n, progress=progress))
     finally:
         client.close()

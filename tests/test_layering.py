@@ -12,8 +12,8 @@ FLOORS = [
     ("io", ["rhapso_gpu.errors", "rhapso_gpu.io"]),
     ("geometry", ["rhapso_gpu.geometry", "rhapso_gpu.models"]),
     ("backend", ["rhapso_gpu.backend", "cpu_fallback"]),
-    ("stages", ["rhapso_gpu.synth", "rhapso_gpu.evaluation", "rhapso_gpu.fusion", "rhapso_gpu.multiscale", "rhapso_gpu.matching", "rhapso_gpu.detection", "rhapso_gpu.solver", "rhapso_gpu.split"]),
-    ("orchestration", ["rhapso_gpu.scheduler", "rhapso_gpu.cli", "rhapso_gpu.__main__", "pipelines"]),
+    ("stages", ["rhapso_gpu.synth", "rhapso_gpu.evaluation", "rhapso_gpu.fusion", "rhapso_gpu.multiscale", "rhapso_gpu.matching", "rhapso_gpu.detection", "rhapso_gpu.solver", "rhapso_gpu.split", "rhapso_gpu.stitching"]),
+    ("orchestration", ["rhapso_gpu.scheduler", "rhapso_gpu.pipeline", "rhapso_gpu.cli", "rhapso_gpu.__main__", "pipelines"]),
 ]
 STAGES = FLOORS[3][1]
 

@@ -109,3 +109,31 @@ def test_tcp_scheduler_with_two_worker_processes(tcp_scheduler):
     assert total == 2 * (100_000 * 99_999 // 2)
     assert set(names) == {"w0", "w1"}  # the work really ran in both worker processes
     assert os.getpid() not in pids.values() and len(set(pids.values())) == 2
+
+
+@pytest.mark.parametrize("spec", ["synchronous", "threads", "local"])
+def test_progress_bar_counts_tasks_and_keeps_the_result(spec):
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    tasks = [dask.delayed(lambda i: i * i, pure=True)(i) for i in range(12)]
+    with open_cluster(spec, n_workers=2, progress=True) as cluster:
+        cluster.console = Console(file=out, force_terminal=True, width=120)
+        with cluster.stage("squares"):
+            squares = cluster.compute(*tasks)
+        (total,) = cluster.compute(_work())
+        assert cluster.label == "compute"  # the stage label is restored
+    assert list(squares) == [i * i for i in range(12)]
+    assert total == 2 * (100_000 * 99_999 // 2)
+    text = out.getvalue()
+    assert "squares" in text and "12/12" in text
+
+
+def test_progress_is_off_without_a_terminal(capsys):
+    with open_cluster("threads", n_workers=2) as cluster:
+        assert cluster.show_progress() is False  # pytest captures stderr: not a terminal
+        (total,) = cluster.compute(_work())
+    assert total == 2 * (100_000 * 99_999 // 2)
+    assert "━" not in capsys.readouterr().err  # no bar drawn

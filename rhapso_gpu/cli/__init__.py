@@ -7,14 +7,30 @@ message on stderr and exit status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 
 from rhapso_gpu import __version__
-from rhapso_gpu.cli import align, demo, detect, evaluate, fuse, info, match, multiscale, solve, split, synth
+from rhapso_gpu.cli import (
+    align,
+    demo,
+    detect,
+    evaluate,
+    fuse,
+    info,
+    match,
+    multiscale,
+    params,
+    run,
+    solve,
+    split,
+    stitch,
+    synth,
+)
 from rhapso_gpu.errors import UserError
 
-COMMANDS = (synth, info, evaluate, demo, detect, fuse, multiscale, match, solve, align, split)
+COMMANDS = (synth, info, evaluate, demo, detect, fuse, multiscale, stitch, match, solve, align, split, run, params)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +56,26 @@ def _setup_logging(verbosity: int, quiet: bool) -> None:
     root.propagate = False
     for noisy in ("distributed", "bokeh", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if verbosity == 0:  # asyncio's reports on zarr's and s3fs's own I/O tasks after a retried request: -v shows them
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def _drop_abandoned_coroutine_reports() -> None:
+    """After a failed run, stay silent about I/O coroutines its other tasks left pending.
+
+    When one block fails (say S3 is unreachable), the I/O that other blocks had
+    in flight in zarr's and fsspec's event loops is destroyed at interpreter
+    exit, and Python reports each ("Exception ignored in: <coroutine ...>" with
+    a traceback), burying the one-line error. Other unraisable reports still
+    show; asyncio's own reports are quiet unless ``-v`` (:func:`_setup_logging`).
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not inspect.iscoroutine(unraisable.object):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         print(f"rhapso-gpu {args.command}: error: {e}", file=sys.stderr)
+        _drop_abandoned_coroutine_reports()
         return 2
     except KeyboardInterrupt:
         print(f"rhapso-gpu {args.command}: interrupted", file=sys.stderr)

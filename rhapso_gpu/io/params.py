@@ -35,7 +35,10 @@ def validate_params(model_cls: type[M], values: dict[str, Any], source: str = "p
     try:
         return model_cls.model_validate(values)
     except ValidationError as e:
-        raise UserError(_describe(model_cls, e.errors()[0], source)) from None
+        errors = e.errors()
+        # a misspelled required key is also "missing": name the misspelling, with its did-you-mean, first
+        first = next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
+        raise UserError(_describe(model_cls, first, source)) from None
 
 
 def load_params(
