@@ -8,7 +8,9 @@ min/max intensity and median radius for both programs.
 * rhapso-gpu: ``detect_interest_points`` (read from zarr, normalise, optional
   median background, DoG, extrema, localisation, merge), NumPy backend, on
   ``threads`` clusters and on ``local`` clusters (worker processes, the CLI
-  default), each with 1 and 2 workers.
+  default), each with 1 and 2 workers, and the processes / threads ratios of
+  throughput and of CPU seconds per run (this process plus the workers; 1.0:
+  worker processes cost nothing extra).
 * Rhapso (optional, ``--rhapso-python``, e.g. a venv with ``pip install
   Rhapso``): ``Rhapso.detection.difference_of_gaussian.DifferenceOfGaussian.run``
   on each whole view (one chunk, its fastest case), timed in a separate
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -70,16 +73,31 @@ print(json.dumps({"seconds": best, "points": points}))
 """
 
 
-def _ours(spim, params, spec: str, workers: int, repeat: int) -> tuple[float, int]:
-    """Best wall time of ``repeat`` runs (after a warm-up run: imports, numba caches) and the point count."""
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cluster_cpu_seconds(cluster) -> float:
+    """CPU seconds used so far by this process and the cluster's worker processes (also used by bench_fusion)."""
+    workers = cluster.client.run(_cpu_seconds) if cluster.client is not None else {}
+    return _cpu_seconds() + sum(workers.values())
+
+
+def _ours(spim, params, spec: str, workers: int, repeat: int) -> tuple[float, int, float]:
+    """Best wall time of ``repeat`` runs (after a warm-up run: imports, numba caches), the point count, and
+    the CPU seconds per run of this process and the workers (less sensitive to other load than wall time)."""
     with open_cluster(spec, n_workers=workers) as cluster:
         detect_interest_points(spim, params, cluster, "numpy")
         times = []
+        cpu = cluster_cpu_seconds(cluster)
         for _ in range(repeat):
             start = time.perf_counter()
             result = detect_interest_points(spim, params, cluster, "numpy")
             times.append(time.perf_counter() - start)
-    return min(times), sum(len(v.loc_xyz) for v in result.views.values())
+        cpu = (cluster_cpu_seconds(cluster) - cpu) / repeat
+    return min(times), sum(len(v.loc_xyz) for v in result.views.values()), cpu
 
 
 def main(argv=None) -> None:
@@ -112,16 +130,20 @@ def main(argv=None) -> None:
             params = DetectParams(dsxy=1, dsz=1, sigma=args.sigma, threshold=args.threshold, min_intensity=low,
                                   max_intensity=high, median_filter=radius, combine_distance=0.0)
             print(f"\nmedian_filter = {radius}")
-            t0, n0 = _ours(spim, params, "threads", 1, args.repeat)
-            t0b, n0b = _ours(spim, params, "threads", 2, args.repeat)
-            t1, n1 = _ours(spim, params, "local", 1, args.repeat)
-            t2, n2 = _ours(spim, params, "local", 2, args.repeat)
-            print(f"  rhapso-gpu, 1 thread            {t0:7.2f} s  {n_voxels / t0 / 1e6:7.2f} M voxels/s  ({n0} points)")
+            t0, n0, c0 = _ours(spim, params, "threads", 1, args.repeat)
+            t0b, n0b, c0b = _ours(spim, params, "threads", 2, args.repeat)
+            t1, n1, c1 = _ours(spim, params, "local", 1, args.repeat)
+            t2, n2, c2 = _ours(spim, params, "local", 2, args.repeat)
+            print(f"  rhapso-gpu, 1 thread            {t0:7.2f} s  {n_voxels / t0 / 1e6:7.2f} M voxels/s  ({n0} points)"
+                  f"  CPU {c0:.2f} s/run")
             print(f"  rhapso-gpu, 2 threads           {t0b:7.2f} s  {n_voxels / t0b / 1e6:7.2f} M voxels/s  ({n0b} points)"
-                  f"   2 vs 1 workers: {t0 / t0b:.2f}x")
-            print(f"  rhapso-gpu, 1 worker process    {t1:7.2f} s  {n_voxels / t1 / 1e6:7.2f} M voxels/s  ({n1} points)")
+                  f"  CPU {c0b:.2f} s/run   2 vs 1 workers: {t0 / t0b:.2f}x")
+            print(f"  rhapso-gpu, 1 worker process    {t1:7.2f} s  {n_voxels / t1 / 1e6:7.2f} M voxels/s  ({n1} points)"
+                  f"  CPU {c1:.2f} s/run")
             print(f"  rhapso-gpu, 2 worker processes  {t2:7.2f} s  {n_voxels / t2 / 1e6:7.2f} M voxels/s  ({n2} points)"
-                  f"   2 vs 1 workers: {t1 / t2:.2f}x")
+                  f"  CPU {c2:.2f} s/run   2 vs 1 workers: {t1 / t2:.2f}x")
+            print(f"  2 worker processes / 2 threads: throughput {t0b / t2:.2f}, CPU per run {c2 / c0b:.2f} "
+                  f"(1 process / 1 thread: {t0 / t1:.2f}, {c1 / c0:.2f})")
             if args.rhapso_python:
                 job = {"views": paths, "min": low, "max": high, "sigma": args.sigma, "threshold": args.threshold,
                        "median": radius, "shape_zyx": list(volumes[0].shape),

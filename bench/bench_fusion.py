@@ -16,8 +16,13 @@ files and fuse with avg-blend onto the same output grid.
   with the same inverse transforms and blending bounds (b0..b3), in a subprocess.
 * The CUDA kernel compiled for the CPU (one thread, serial over GPU threads),
   for reference only; it says nothing about GPU speed.
+* The whole task path, :func:`rhapso_gpu.fusion.run.fuse_dataset` of the 4-view
+  dataset (float32, 128^3 blocks, written to OME-Zarr) on 2 threads and on 2
+  local worker processes (the CLI default), best of ``--repeat`` runs after a
+  warm-up run, and the processes / threads ratios of throughput and of CPU
+  seconds per run.
 
-Both run on one thread: the numba loops and Rhapso's NumPy/SciPy are serial,
+The per-block comparison runs on one thread: the numba loops and Rhapso's NumPy/SciPy are serial,
 zarr's chunk decoding is held to one worker (``threading.max_workers``,
 ``--decode-threads``, default 1, the same for both) and OMP/BLAS pools to one thread. Passes alternate between the two (ours, then
 Rhapso's, ``--repeat`` times) so both see the same machine load; the medians
@@ -46,15 +51,20 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from bench_detection import cluster_cpu_seconds  # this folder is on the path when run as a script
+
 from cpu_fallback.fusion import fuse_block
 from rhapso_gpu.backend.kernels import cpu_emulation
 from rhapso_gpu.backend.kernels.fusion import run_fuse_block
 from rhapso_gpu.fusion.grid import blocks, make_grid
+from rhapso_gpu.fusion.params import FuseParams
+from rhapso_gpu.fusion.run import fuse_dataset
 from rhapso_gpu.fusion.sources import block_read, view_source
 from rhapso_gpu.io.image_writers import image_loader_element, write_view_levels
 from rhapso_gpu.io.images import open_view_levels
 from rhapso_gpu.io.spimdata import SpimData, Timepoints, ViewId, ViewSetup, ViewTransform
 from rhapso_gpu.io.spimdata_xml import load_spimdata, save_spimdata
+from rhapso_gpu.scheduler import open_cluster
 
 BLOCK = 128
 ONE_THREAD = {
@@ -209,6 +219,27 @@ def pass_rhapso(python: str, folder: Path, decode_threads: int) -> float:
     return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
 
 
+def fuse_on_clusters(spim: SpimData, folder: Path, repeat: int) -> dict[str, tuple[float, float]]:
+    """Per cluster (2 threads, 2 local worker processes): output voxels/s of ``fuse_dataset`` (best run after a
+    warm-up) and CPU seconds per run (this process and the workers). Also ``"same"``: identical volumes."""
+    params = FuseParams(chunk_size=(BLOCK,) * 3, block_scale=(1, 1, 1))
+    rates, volumes = {}, {}
+    for spec in ("threads", "local"):
+        location = str(folder / f"fused-{spec}.ome.zarr")
+        with open_cluster(spec, n_workers=2, progress=False) as cluster:
+            fuse_dataset(spim, location, params, cluster, "numpy", overwrite=True)
+            times, cpu = [], cluster_cpu_seconds(cluster)
+            for _ in range(repeat):
+                start = time.perf_counter()
+                result = fuse_dataset(spim, location, params, cluster, "numpy", overwrite=True)
+                times.append(time.perf_counter() - start)
+            cpu = (cluster_cpu_seconds(cluster) - cpu) / repeat
+        rates[spec] = (int(np.prod(result.shape_tczyx)) / min(times), cpu)
+        volumes[spec] = zarr.open_array(f"{location}/0", mode="r")[...]
+    rates["same"] = np.array_equal(volumes["threads"], volumes["local"])
+    return rates
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, nargs=3, default=[300, 300, 160], metavar=("X", "Y", "Z"))
@@ -250,6 +281,8 @@ def main(argv=None) -> None:
                 row["rhapso"] = n_out / statistics.median(theirs)
                 row["rhapso_range"] = (n_out / max(theirs), n_out / min(theirs))
                 row["ratios"] = sorted(t / o for o, t in zip(ours, theirs))
+            if n == 4:
+                row["clusters"] = fuse_on_clusters(spim, folder, args.repeat)
             results[n] = row
     load_after = os.getloadavg()
 
@@ -277,6 +310,15 @@ def main(argv=None) -> None:
                 f"(medians; per alternating pass pair: {ratios}); target >= 3x"
             )
     print(f"  4 views / 2 views throughput (rhapso-gpu): {results[4]['ours'] / results[2]['ours']:.2f}")
+    (threads, threads_cpu), (local, local_cpu) = results[4]["clusters"]["threads"], results[4]["clusters"]["local"]
+    print(
+        f"  fuse_dataset, 4 views, {BLOCK}^3 block tasks: 2 threads {threads / 1e6:.2f} Mvoxel/s "
+        f"(CPU {threads_cpu:.2f} s/run), 2 worker processes {local / 1e6:.2f} Mvoxel/s (CPU {local_cpu:.2f} s/run)"
+    )
+    print(
+        f"  2 worker processes / 2 threads: throughput {local / threads:.2f}, CPU per run {local_cpu / threads_cpu:.2f} "
+        f"(identical output: {results[4]['clusters']['same']})"
+    )
     if "rhapso" in results[2]:
         print(f"  4 views / 2 views throughput (Rhapso):     {results[4]['rhapso'] / results[2]['rhapso']:.2f}")
     else:

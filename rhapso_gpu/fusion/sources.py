@@ -33,7 +33,7 @@ class ViewSource:
         Pyramid level read.
     image : PyramidLevel
         That level, opened once when planning: the lazy image whose reader the block tasks read
-        from (it reopens its files wherever it is unpickled).
+        from (each worker process opens its files once, :mod:`rhapso_gpu.io.reader_cache`).
     level_size_xyz : numpy.ndarray
         Size of that level in pixels (xyz).
     output_to_level : numpy.ndarray

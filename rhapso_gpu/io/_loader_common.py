@@ -3,8 +3,9 @@
 * :class:`VolumeReader` and :func:`to_dask`: picklable, lazily opened volume
   readers that dask reads chunk by chunk. A reader holds only locations and
   metadata, so a dask graph built on it can be shipped to distributed workers;
-  each worker opens the file itself. Any failure while reading a chunk becomes
-  a :class:`UserError` naming the file.
+  each worker process opens the file once and keeps the handle in
+  :data:`rhapso_gpu.io.reader_cache.HANDLES` for later tasks. Any failure while
+  reading a chunk becomes a :class:`UserError` naming the file.
 * :func:`array_source`: the reader behind such a dask array, to read a box
   at once without building a dask graph.
 * :func:`resolve_location`: a document path resolved against the BasePath.
@@ -23,6 +24,7 @@ from fsspec.core import split_protocol
 
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.io import storage
+from rhapso_gpu.io.reader_cache import HANDLES, local_fingerprint
 from rhapso_gpu.io.spimdata import SpimData
 
 
@@ -57,8 +59,11 @@ class VolumeReader(ABC):
     """Base class: a read-only (z, y, x) volume at ``location``.
 
     Subclasses implement :meth:`_read` for a box given as three step-1
-    slices (z, y, x). Attributes whose names start with ``_`` (open handles,
-    caches) are left out when the reader is pickled.
+    slices (z, y, x). Those that read through an open handle also implement
+    ``_open()`` (open it) and ``_fingerprint_files()`` (local files whose
+    change means it must be opened again), and take it from :meth:`_handle`:
+    one handle per process for every copy of the reader. Attributes whose
+    names start with ``_`` are left out when the reader is pickled.
 
     Parameters
     ----------
@@ -79,6 +84,10 @@ class VolumeReader(ABC):
     @abstractmethod
     def _read(self, region_zyx: tuple[slice, slice, slice]) -> np.ndarray:
         """Read the box ``region_zyx`` (three step-1 slices, z, y, x)."""
+
+    def _handle(self):
+        """The handle ``self._open()`` opens, cached per process while ``self._fingerprint_files()`` are unchanged."""
+        return HANDLES.get(self.__dask_tokenize__(), self._open, local_fingerprint(*self._fingerprint_files()))
 
     def __getitem__(self, region_zyx: tuple[slice, slice, slice]) -> np.ndarray:
         try:

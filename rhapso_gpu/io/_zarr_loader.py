@@ -48,10 +48,14 @@ class ZarrVolume(VolumeReader):
         self.leading_index = tuple(int(i) for i in leading_index)
         self.storage_options = storage_options
 
+    def _open(self):
+        return zarr.open_array(open_store(self.location, self.storage_options), mode="r")
+
+    def _fingerprint_files(self):
+        return tuple(storage.join(self.location, name) for name in ("zarr.json", ".zarray"))
+
     def _read(self, region_zyx):
-        if getattr(self, "_array", None) is None:
-            self._array = zarr.open_array(open_store(self.location, self.storage_options), mode="r")
-        return self._array[self.leading_index + region_zyx]
+        return self._handle()[self.leading_index + region_zyx]
 
 
 def open_levels(spim: SpimData, view: ViewId, storage_options: dict[str, Any] | None) -> list[LoadedLevel]:
