@@ -252,10 +252,15 @@ def fuse_block_task(
     del regions, views  # the crops are not needed for converting and writing
     out = backend.to_host(to_output_type(fused, params.data_type, params.intensity_range(), backend.xp))
     del fused
-    array = ome_zarr.open_level(location, 0, storage_options, mode="r+")
-    array[(slot.t_index, slot.c_index, *block.slices_zyx)] = out
     key = block_key(slot, block)
-    ome_zarr.mark_done(location, key, storage_options)
+    try:  # the block is marked done only after its chunks are stored
+        array = ome_zarr.open_level(location, 0, storage_options, mode="r+")
+        array[(slot.t_index, slot.c_index, *block.slices_zyx)] = out
+        ome_zarr.mark_done(location, key, storage_options)
+    except UserError:
+        raise
+    except Exception as err:  # storage unreachable after its retries (see rhapso_gpu.io.storage)
+        raise UserError(f"{location}: cannot write the block {key}: {type(err).__name__}: {err}") from err
     estimate = task_bytes(reads, crop_bytes, packed_bytes, int(np.prod(block.shape_zyx)), params.data_type)
     return {"key": key, "views": len(reads), "bytes": estimate}
 

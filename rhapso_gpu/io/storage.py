@@ -6,7 +6,11 @@ and writes files atomically.
 
 S3 credentials follow the usual AWS chain (environment, profile, instance
 role). Set ``RHAPSO_S3_ANON=1`` to read public buckets without credentials, and
-``AWS_ENDPOINT_URL`` to talk to an S3-compatible server.
+``AWS_ENDPOINT_URL`` to talk to an S3-compatible server. S3 requests that fail
+for a transient reason (connection refused or reset, throttling, 5xx) are
+retried with exponential backoff (botocore's ``standard`` mode, up to
+``RHAPSO_S3_MAX_ATTEMPTS`` attempts, default :data:`S3_MAX_ATTEMPTS`), so a
+short outage does not end a long run.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from fsspec.core import split_protocol
 
 from rhapso_gpu.errors import UserError
 
+S3_MAX_ATTEMPTS = 10
+"""Attempts per S3 request, the first included (one request to a closed port gave up after 78 s)."""
+
 N_BACKUPS = 5
 """Rolling backups kept by :func:`write_with_backups` (``~1`` newest .. ``~5``), as BigStitcher does."""
 
@@ -32,11 +39,17 @@ def is_remote(location: str) -> bool:
 
 
 def default_storage_options(location: str) -> dict[str, Any]:
-    """Storage options for ``location`` taken from the environment (``RHAPSO_S3_ANON``)."""
+    """Storage options for ``location`` taken from the environment (``RHAPSO_S3_ANON``, ``RHAPSO_S3_MAX_ATTEMPTS``)."""
     protocol, _ = split_protocol(str(location))
     options: dict[str, Any] = {}
-    if protocol in ("s3", "s3a") and os.environ.get("RHAPSO_S3_ANON", "").lower() in ("1", "true", "yes"):
+    if protocol not in ("s3", "s3a"):
+        return options
+    if os.environ.get("RHAPSO_S3_ANON", "").lower() in ("1", "true", "yes"):
         options["anon"] = True
+    text = os.environ.get("RHAPSO_S3_MAX_ATTEMPTS", str(S3_MAX_ATTEMPTS))
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"RHAPSO_S3_MAX_ATTEMPTS '{text}': expected a whole number of attempts, at least 1")
+    options["config_kwargs"] = {"retries": {"mode": "standard", "max_attempts": int(text)}}
     return options
 
 
@@ -84,7 +97,7 @@ def is_absolute(path: str) -> bool:
 
 
 def read_bytes(location: str, storage_options: dict[str, Any] | None = None, what: str = "file") -> bytes:
-    """Read a whole file; a missing file is a :class:`UserError` naming it."""
+    """Read a whole file; a missing file, or a remote store still unreachable after retries, is a :class:`UserError`."""
     fs, path = get_fs(location, storage_options)
     try:
         with fs.open(path, "rb") as f:
@@ -95,6 +108,10 @@ def read_bytes(location: str, storage_options: dict[str, Any] | None = None, wha
         raise UserError(f"{location}: is a folder, expected a {what}") from None
     except PermissionError:
         raise UserError(f"{location}: permission denied reading the {what}") from None
+    except Exception as err:
+        if not is_remote(location):
+            raise
+        raise UserError(f"{location}: cannot read the {what}: {type(err).__name__}: {err}") from err
 
 
 def exists(location: str, storage_options: dict[str, Any] | None = None) -> bool:
@@ -115,7 +132,10 @@ def write_bytes_atomic(
     """
     fs, path = get_fs(location, storage_options)
     if is_remote(location):
-        fs.pipe_file(path, data)
+        try:
+            fs.pipe_file(path, data)
+        except Exception as err:  # unreachable after the retries (S3_MAX_ATTEMPTS) or refused
+            raise UserError(f"{location}: cannot write it: {type(err).__name__}: {err}") from err
         return
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)

@@ -1,0 +1,87 @@
+"""Run a pipeline file on a dask cluster on this machine.
+
+Usage (from the repository root)::
+
+    python -m pipelines.local PIPELINE.yml --workers 4 --memory-limit 4GB [--threads-per-worker 1]
+
+A ``dask_cuda.LocalCUDACluster`` (one worker per GPU) where a CUDA GPU is
+usable (:func:`rhapso_gpu.backend.gpu_available`), else a ``LocalCluster`` of
+``--workers`` processes, each limited to ``--memory-limit``. Stages that are
+unchanged since the last run are skipped, an interrupted one resumes
+(:func:`rhapso_gpu.pipeline.run_pipeline`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dask.utils import parse_bytes
+from rich.console import Console
+
+from pipelines._run import load_plan, run_plan
+from rhapso_gpu.backend import gpu_available
+from rhapso_gpu.errors import UserError
+from rhapso_gpu.scheduler import open_cluster
+
+log = logging.getLogger("rhapso_gpu")
+
+
+def cluster_spec() -> str:
+    """``local-cuda`` where a CUDA GPU is usable, else ``local``."""
+    return "local-cuda" if gpu_available()[0] else "local"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.local",
+        description="Run a pipeline file on a local dask cluster: LocalCUDACluster (one worker per GPU) where a "
+        "GPU is usable, else LocalCluster worker processes.",
+    )
+    p.add_argument("pipeline", help="pipeline YAML (see params/pipeline-*.yml)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes without GPUs (default: cores); with GPUs one per GPU")
+    p.add_argument("--memory-limit", default=None, metavar="SIZE", help="memory per worker, e.g. 4GB")
+    p.add_argument("--threads-per-worker", type=int, default=1, metavar="K", help="threads per worker (default 1)")
+    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no tables or progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (2 for user errors, 130 when interrupted)."""
+    args = build_parser().parse_args(argv)
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler(sys.stderr))
+        log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        if args.workers is not None and args.workers < 1:
+            raise UserError(f"--workers {args.workers}: expected at least 1")
+        if args.threads_per_worker < 1:
+            raise UserError(f"--threads-per-worker {args.threads_per_worker}: expected at least 1")
+        if args.memory_limit is not None:
+            try:
+                parse_bytes(args.memory_limit)
+            except ValueError:
+                raise UserError(f"--memory-limit '{args.memory_limit}': expected a size like 4GB") from None
+        pipeline = load_plan(args.pipeline)
+        spec = cluster_spec()
+        with open_cluster(spec, n_workers=args.workers, threads_per_worker=args.threads_per_worker,
+                          memory_limit=args.memory_limit, progress=False if args.quiet else None) as cluster:
+            run_plan(pipeline, cluster, args.backend, console, args.quiet)
+        return 0
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"pipelines.local: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pipelines.local: interrupted; rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
