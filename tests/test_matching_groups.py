@@ -14,11 +14,12 @@ from scipy.spatial import cKDTree
 
 from rhapso_gpu.cli import main
 from rhapso_gpu.io.correspondences import read_correspondences
+from rhapso_gpu.io.grouping import view_groups
 from rhapso_gpu.io.interestpoints import container_location, set_interest_points_ref, write_interest_points
 from rhapso_gpu.io.params import validate_params
 from rhapso_gpu.io.spimdata import AttributeDefinition, Entity, SpimData, Timepoints, ViewId, ViewSetup, ViewTransform
 from rhapso_gpu.io.spimdata_xml import load_spimdata, save_spimdata
-from rhapso_gpu.matching.grouping import PointSet, merge_mask, pool, split_matches, view_groups
+from rhapso_gpu.matching.grouping import PointSet, merge_mask, pool, split_matches
 from rhapso_gpu.matching.params import MatchParams
 from rhapso_gpu.matching.views import label_pairs, load_view_points, match_dataset, store_results
 from rhapso_gpu.scheduler import open_cluster
@@ -118,6 +119,11 @@ def test_split_matches_per_view_pair_drops_small_pairs():
 
 
 def test_view_groups():
+    """One grouping rule on the io floor, used by matching and the solver alike."""
+    from rhapso_gpu.matching import grouping
+    from rhapso_gpu.solver import dataset
+
+    assert grouping.view_groups is dataset.view_groups is view_groups
     spim = SpimData()
     for s, (tile, ch, ill) in enumerate([(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0), (0, 0, 1)]):
         spim.setups[s] = ViewSetup(s, attributes={"illumination": ill, "channel": ch, "tile": tile, "angle": 0})

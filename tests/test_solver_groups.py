@@ -105,7 +105,7 @@ def test_without_grouping_the_channels_are_pulled_apart(tmp_path):
 
 def test_groups_follow_the_setup_attributes(tmp_path):
     xml, _ = _dataset(tmp_path)
-    from rhapso_gpu.solver.dataset import view_groups
+    from rhapso_gpu.io.grouping import view_groups
 
     spim = load_spimdata(xml)
     views = spim.view_ids()

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     def timed(name, fn):
         start = time.perf_counter()
-        value = fn()
+        with cluster.stage(name):
+            value = fn()
         times.append((name, time.perf_counter() - start))
         return value
 
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print_report(nominal, console, title="error of the nominal registration")
 
         console.rule("3. align: detect, match, solve rigid, match, solve affine")
-        rows = run_alignment(result.xml, AlignParams(), cluster, backend.name, console)
+        with cluster.stage("align"):
+            rows = run_alignment(result.xml, AlignParams(), cluster, backend.name, console)
         times.extend((name, seconds) for name, seconds, _ in rows if seconds is not None)
 
         console.rule("4. evaluate: aligned registration against the truth")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rhapso_gpu.backend import get_backend
 from rhapso_gpu.cli._options import add_common, add_compute
 from rhapso_gpu.detection import DetectionResult, DetectParams, detect_interest_points, save_interest_points
 from rhapso_gpu.io.params import load_params, parse_set_options
+from rhapso_gpu.io.spimdata import SpimData
 from rhapso_gpu.io.spimdata_xml import load_spimdata, save_spimdata
 from rhapso_gpu.scheduler import open_cluster
 
@@ -64,22 +65,56 @@ def print_summary(result: DetectionResult, params: DetectParams, console: Consol
     )
 
 
+@dataclass(frozen=True)
+class Detected:
+    """What :func:`detect_xml` did.
+
+    Attributes
+    ----------
+    result : DetectionResult
+    location : str
+        The ``interestpoints.n5`` container written.
+    summary : str
+        One line: points, label, views.
+    """
+
+    result: DetectionResult
+    location: str
+    summary: str
+
+
+def detect_xml(xml: str, backend: str, params: DetectParams, cluster, spim: SpimData | None = None) -> Detected:
+    """Detect the interest points of every view of ``xml``, write them and save the XML (with backups).
+
+    Parameters
+    ----------
+    xml : str
+        dataset.xml, local path or URL; updated in place.
+    backend : {'numpy', 'cupy'}
+        Backend the workers compute with.
+    params : DetectParams
+    cluster : rhapso_gpu.scheduler.Cluster
+    spim : SpimData, optional
+        ``xml`` already loaded (default: load it).
+    """
+    spim = load_spimdata(xml) if spim is None else spim
+    result = detect_interest_points(spim, params, cluster, backend)
+    location = save_interest_points(spim, result, params)
+    save_spimdata(spim, xml)
+    n = sum(len(vp.loc_xyz) for vp in result.views.values())
+    return Detected(result, location, f"{n} points '{params.label}' in {len(result.views)} views")
+
+
 def run(args: argparse.Namespace) -> int:
     params = detect_params(args)
-    spim = load_spimdata(args.xml)
+    spim = load_spimdata(args.xml)  # bad input fails before workers start
     backend = get_backend(args.backend)
+    with (
+        open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster,
+        cluster.stage("detect"),
+    ):
+        detected = detect_xml(args.xml, backend.name, params, cluster, spim)
     console = Console(highlight=False, stderr=False)
-    with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster, Progress(
-        TextColumn("detect"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True, disable=getattr(args, "quiet", False),
-    ) as bar:
-        task = bar.add_task("blocks", total=None)
-        result = detect_interest_points(
-            spim, params, cluster, backend.name, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                         total=total),
-        )
-    location = save_interest_points(spim, result, params)
-    save_spimdata(spim, args.xml)
-    print_summary(result, params, console)
-    console.print(f"wrote {location} and {args.xml}")
+    print_summary(detected.result, params, console)
+    console.print(f"wrote {detected.location} and {args.xml}")
     return 0

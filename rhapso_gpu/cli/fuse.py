@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     spim = load_spimdata(args.xml)
     console = Console(highlight=False, soft_wrap=True)
     with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster:
-        result = fuse_dataset(spim, args.out, params, cluster, args.backend, overwrite=args.overwrite)
+        with cluster.stage("fuse"):
+            result = fuse_dataset(spim, args.out, params, cluster, args.backend, overwrite=args.overwrite)
         shape = " x ".join(map(str, result.shape_tczyx))
         voxel = " x ".join(f"{v:g}" for v in result.voxel_size_xyz)
         console.print(
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
             f"({result.n_skipped} already done) in {result.seconds:.1f} s"
         )
         if args.multiscale:
-            pyramid = build_pyramid(args.out, pyramid_factors(args, args.out), cluster, args.backend)
+            with cluster.stage("multiscale"):
+                pyramid = build_pyramid(args.out, pyramid_factors(args, args.out), cluster, args.backend)
             console.print(f"wrote {len(pyramid.factors_xyz) - 1} pyramid level(s) in {pyramid.seconds:.1f} s")
             print_pyramid(pyramid, console)
     if args.bdv_xml:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
 
 from rhapso_gpu.cli._options import add_common, add_compute
 from rhapso_gpu.io.params import load_params, parse_set_options
+from rhapso_gpu.io.spimdata import SpimData
 from rhapso_gpu.io.spimdata_xml import load_spimdata
 from rhapso_gpu.matching.params import MatchParams
 from rhapso_gpu.matching.views import PairResult, match_dataset, store_results
@@ -98,14 +100,58 @@ def print_results(results: list[PairResult], console: Console, method: str) -> N
         console.print(f"  [red]not matched[/red] {_side(r.a)} - {_side(r.b)} ({_labels(r)}): {r.match.reason}")
 
 
+@dataclass(frozen=True)
+class Matched:
+    """What :func:`match_xml` did.
+
+    Attributes
+    ----------
+    results : list of PairResult
+        Every matched (or failed) pair.
+    summary : str
+        One line: pairs matched, correspondences, method and model.
+    """
+
+    results: list[PairResult]
+    summary: str
+
+
+def match_xml(xml: str, backend: str, params: MatchParams, cluster, spim: SpimData | None = None) -> Matched:
+    """Match the interest points of the overlapping views of ``xml``; store the correspondences.
+
+    The correspondences go to ``interestpoints.n5`` (replacing earlier ones of
+    the labels); the XML itself is not changed.
+
+    Parameters
+    ----------
+    xml : str
+        dataset.xml with detected interest points, local path or URL.
+    backend : {'auto', 'numpy', 'cupy'}
+        Backend the workers compute with.
+    params : MatchParams
+    cluster : rhapso_gpu.scheduler.Cluster
+    spim : SpimData, optional
+        ``xml`` already loaded (default: load it).
+    """
+    spim = load_spimdata(xml) if spim is None else spim
+    results = match_dataset(spim, params, cluster, backend)
+    store_results(spim, results, params)
+    ok = [r for r in results if r.match.ok]
+    n = sum(int(r.match.index_a.size) for r in ok)
+    return Matched(results, f"{len(ok)} of {len(results)} pairs matched, {n} correspondences "
+                            f"({params.method}, {params.model})")
+
+
 def run(args: argparse.Namespace) -> int:
     params = match_params(args)
-    spim = load_spimdata(args.xml)
+    spim = load_spimdata(args.xml)  # bad input fails before workers start
     start = time.perf_counter()
-    with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster:
-        results = match_dataset(spim, params, cluster, args.backend)
-    store_results(spim, results, params)
+    with (
+        open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster,
+        cluster.stage("match"),
+    ):
+        matched = match_xml(args.xml, args.backend, params, cluster, spim)
     console = Console(highlight=False)
-    print_results(results, console, params.method)
+    print_results(matched.results, console, params.method)
     console.print(f"matched in {time.perf_counter() - start:.1f} s; correspondences written to interestpoints.n5")
     return 0

@@ -75,7 +75,10 @@ def print_pyramid(result: PyramidResult, console: Console) -> None:
 
 def run(args: argparse.Namespace) -> int:
     factors = pyramid_factors(args, args.zarr)
-    with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster:
+    with (
+        open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster,
+        cluster.stage("multiscale"),
+    ):
         result = build_pyramid(args.zarr, factors, cluster, args.backend)
     console = Console(highlight=False, soft_wrap=True)
     console.print(

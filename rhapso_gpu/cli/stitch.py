@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     params = load_params(StitchParams, args.params, parse_set_options(args.set))
     spim = load_spimdata(args.xml)
     start = time.perf_counter()
-    with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster:
+    with (
+        open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster,
+        cluster.stage("stitch"),
+    ):
         results = stitch_dataset(spim, params, cluster, args.backend)
     store_stitching_results(spim, results)
     save_spimdata(spim, args.xml)

@@ -85,7 +85,10 @@ def print_result(result: SynthResult, params: SynthParams, console: Console) -> 
 def run(args: argparse.Namespace) -> int:
     params = synth_params(args)
     check_target(args.out_dir)  # before starting any workers
-    with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster:
+    with (
+        open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster,
+        cluster.stage("synth"),
+    ):
         result = generate_dataset(args.out_dir, params, cluster, args.backend)
     print_result(result, params, Console(highlight=False))
     return 0

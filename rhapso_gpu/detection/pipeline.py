@@ -175,7 +175,8 @@ def detect_interest_points(
     params : DetectParams
     cluster : rhapso_gpu.scheduler.Cluster
         Where blocks run (``cluster.compute``); batches of
-        ``4 * cluster.n_workers`` blocks at a time.
+        ``4 * cluster.n_workers`` blocks at a time, each batch's progress bar
+        labelled with the blocks it holds.
     backend_name : {'numpy', 'cupy'}
         Backend the workers compute with.
     views : list of ViewId, optional
@@ -236,7 +237,9 @@ def detect_interest_points(
             dask.delayed(_detect_region, pure=True)(_LevelRegion(level, t.level_slices), t, backend_name)
             for _, t, level in batch
         ]
-        for (i, _, _), res in zip(batch, cluster.compute(*tasks)):
+        with cluster.stage(f"{cluster.label}: blocks {done + 1}-{done + len(batch)} of {len(jobs)}"):
+            batch_results = cluster.compute(*tasks)
+        for (i, _, _), res in zip(batch, batch_results):
             per_view[i].append(res)
         done += len(batch)
         if progress:

@@ -6,7 +6,8 @@ world points are pooled and merged with ``InterestPointGroupingMinDistance``
 (a point kept in a deterministic shuffled walk suppresses the points of the
 group's *other* views within the merge radius), the groups are matched with
 each other, and every match is split back to the pair of original views and
-point ids it links.
+point ids it links. Which views form a group is the io floor's rule
+(:func:`rhapso_gpu.io.grouping.view_groups`, shared with the solver).
 """
 
 from __future__ import annotations
@@ -17,16 +18,10 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from rhapso_gpu.io.correspondences import PairCorrespondences
-from rhapso_gpu.io.spimdata import SpimData, ViewId
+from rhapso_gpu.io.grouping import GROUPABLE, Group, view_groups  # noqa: F401  (re-exported)
 
 MERGE_SEED = 234
 """Seed of the shuffle before merging (BigStitcher's ``new Random(234)``; the permutation itself differs)."""
-
-GROUPABLE = {"tiles": "tile", "channels": "channel", "illuminations": "illumination"}
-"""Grouping option suffix -> view setup attribute."""
-
-Group = tuple[ViewId, ...]
-"""Sorted views matched as one."""
 
 
 @dataclass
@@ -54,32 +49,6 @@ class PointSet:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def view_groups(spim: SpimData, views: list[ViewId], grouped: set[str]) -> list[Group]:
-    """Partition views into groups that agree in every attribute except the grouped ones.
-
-    Parameters
-    ----------
-    spim : SpimData
-    views : list of ViewId
-    grouped : set of str
-        Setup attributes to group over (``tile``, ``channel``, ``illumination``);
-        empty: every view is its own group.
-
-    Returns
-    -------
-    list of Group
-        Each group sorted, groups sorted by their first view. Views of
-        different time points are never grouped.
-    """
-    if not grouped:
-        return [(v,) for v in sorted(views)]
-    groups: dict[tuple, list[ViewId]] = {}
-    for v in sorted(views):
-        kept = tuple(sorted((k, val) for k, val in spim.setup(v).attributes.items() if k not in grouped))
-        groups.setdefault((v.timepoint, kept), []).append(v)
-    return sorted(tuple(g) for g in groups.values())
 
 
 def merge_mask(world_xyz: np.ndarray, origin: np.ndarray, radius: float, seed: int = MERGE_SEED) -> np.ndarray:

@@ -14,17 +14,17 @@ from typing import Any
 from rich.console import Console
 
 from rhapso_gpu.cli.align import run_alignment
+from rhapso_gpu.cli.detect import detect_xml
 from rhapso_gpu.cli.evaluate import evaluate_xml, print_report
 from rhapso_gpu.cli.info import print_info
+from rhapso_gpu.cli.match import match_xml
 from rhapso_gpu.cli.solve import print_report as print_solve_report
 from rhapso_gpu.cli.solve import solve_xml
 from rhapso_gpu.cli.split import check_output
-from rhapso_gpu.detection import detect_interest_points, save_interest_points
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.fusion.run import fuse_dataset
 from rhapso_gpu.io import ome_zarr, storage
 from rhapso_gpu.io.spimdata_xml import load_spimdata, save_spimdata
-from rhapso_gpu.matching.views import match_dataset, store_results
 from rhapso_gpu.multiscale.pyramid import build_pyramid, propose_factors
 from rhapso_gpu.pipeline.schema import Pipeline, StageSpec
 from rhapso_gpu.split import split_dataset
@@ -98,13 +98,8 @@ def outputs_present(spec: StageSpec, outputs: dict[str, str]) -> bool:
 
 
 def _detect(ctx: StageContext) -> StageOutcome:
-    params = ctx.spec.parameters
-    spim = load_spimdata(ctx.xml)
-    result = detect_interest_points(spim, params, ctx.cluster, ctx.backend)
-    location = save_interest_points(spim, result, params)
-    save_spimdata(spim, ctx.xml)
-    n = sum(len(vp.loc_xyz) for vp in result.views.values())
-    return StageOutcome(f"{n} points '{params.label}' in {len(result.views)} views ({location})", ctx.xml)
+    detected = detect_xml(ctx.xml, ctx.backend, ctx.spec.parameters, ctx.cluster)
+    return StageOutcome(f"{detected.summary} ({detected.location})", ctx.xml)
 
 
 def _stitch(ctx: StageContext) -> StageOutcome:
@@ -117,14 +112,7 @@ def _stitch(ctx: StageContext) -> StageOutcome:
 
 
 def _match(ctx: StageContext) -> StageOutcome:
-    params = ctx.spec.parameters
-    spim = load_spimdata(ctx.xml)
-    results = match_dataset(spim, params, ctx.cluster, ctx.backend)
-    store_results(spim, results, params)
-    ok = [r for r in results if r.match.ok]
-    n = sum(int(r.match.index_a.size) for r in ok)
-    return StageOutcome(f"{len(ok)} of {len(results)} pairs matched, {n} correspondences "
-                        f"({params.method}, {params.model})", ctx.xml)
+    return StageOutcome(match_xml(ctx.xml, ctx.backend, ctx.spec.parameters, ctx.cluster).summary, ctx.xml)
 
 
 def _solve(ctx: StageContext) -> StageOutcome:
