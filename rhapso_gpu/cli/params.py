@@ -12,6 +12,7 @@ from rhapso_gpu import __version__
 from rhapso_gpu.cli._options import add_common
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.io import storage
+from rhapso_gpu.io.params import read_yaml
 
 
 def add_parser(sub) -> None:
@@ -35,11 +36,7 @@ def read_rhapso(files: list[str]) -> dict:
     """The merged mapping of Rhapso YAML files (a key given twice with different values is an error)."""
     merged: dict = {}
     for location in files:
-        try:
-            values = yaml.safe_load(storage.read_bytes(location, what="Rhapso parameter file"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise UserError(f"{location}: not valid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
+        values = read_yaml(location, "Rhapso parameter file")
         if not isinstance(values, dict):
             raise UserError(f"{location}: expected a mapping of Rhapso parameter names to values")
         for key, value in values.items():

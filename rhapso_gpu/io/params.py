@@ -41,6 +41,22 @@ def validate_params(model_cls: type[M], values: dict[str, Any], source: str = "p
         raise UserError(_describe(model_cls, first, source)) from None
 
 
+def read_yaml(location: str, what: str) -> Any:
+    """The parsed YAML document at ``location`` (local or URL); None for an empty file.
+
+    Raises
+    ------
+    UserError
+        For a missing file or invalid YAML (naming the file and the line).
+    """
+    try:
+        return yaml.safe_load(storage.read_bytes(location, what=what))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{location}: not valid YAML{where}") from None
+
+
 def load_params(
     model_cls: type[M], location: str | None = None, overrides: dict[str, Any] | None = None
 ) -> M:
@@ -56,12 +72,7 @@ def load_params(
     """
     values: dict[str, Any] = {}
     if location:
-        try:
-            loaded = yaml.safe_load(storage.read_bytes(location, what="parameter file")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise UserError(f"{location}: not valid YAML{where}") from None
+        loaded = read_yaml(location, "parameter file")
         if not isinstance(loaded, dict):
             raise UserError(f"{location}: expected a mapping of parameter names to values")
         values.update(loaded)

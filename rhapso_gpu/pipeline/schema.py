@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from rhapso_gpu.cli.align import STAGES as ALIGN_STAGES
@@ -40,7 +39,7 @@ from rhapso_gpu.detection import DetectParams
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.fusion.params import FuseParams
 from rhapso_gpu.io import storage
-from rhapso_gpu.io.params import validate_params
+from rhapso_gpu.io.params import read_yaml, validate_params
 from rhapso_gpu.matching.params import MatchParams
 from rhapso_gpu.solver import SolveParams
 from rhapso_gpu.split import SplitParams
@@ -223,9 +222,5 @@ def load_pipeline(path_or_url: str) -> Pipeline:
         For a missing file, invalid YAML, or an unknown or invalid key (one
         line naming the file, the stage and the key).
     """
-    try:
-        values = yaml.safe_load(storage.read_bytes(path_or_url, what="pipeline file"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError(f"{path_or_url}: not valid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
+    values = read_yaml(path_or_url, "pipeline file")
     return parse_pipeline(values or {}, path_or_url, storage.parent(path_or_url))

@@ -6,10 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rhapso_gpu.io.grouping import GROUPABLE
 from rhapso_gpu.models import TransformModel
-
-GROUPABLE = {"tiles": "tile", "channels": "channel", "illuminations": "illumination"}
-"""Grouping option suffix -> view setup attribute (as ``match``'s ``group_*`` options)."""
 from rhapso_gpu.solver.global_opt import SolverSettings
 
 
