@@ -173,18 +173,17 @@ def _interrupt(signum: int) -> BaseException:
 
 
 @contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGINT raises KeyboardInterrupt and SIGTERM raises :class:`_Terminated`, even if swallowed once.
+def _signals_handled(react) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM call ``react(signum, received)``; the first is raised after it.
 
-    Python drops an exception raised inside a garbage-collection callback or a
-    ``__del__`` ("Exception ignored in ..."), and distributed has such
-    callbacks; a signal that lands there is raised again when the block ends.
+    ``received`` lists the signals so far (this one included). Handlers are
+    only changed in the main thread; the previous ones are restored on exit.
     """
     received: list[int] = []
 
     def on_signal(signum, frame):
         received.append(signum)
-        raise _interrupt(signum)
+        react(signum, received)
 
     signals = (signal.SIGINT, signal.SIGTERM) if _in_main_thread() else ()
     previous = {s: signal.signal(s, on_signal) for s in signals}
@@ -193,8 +192,24 @@ def _signals_raise() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if received:  # the block ended normally although a signal came: it was swallowed somewhere
+    if received:
         raise _interrupt(received[0])
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM raises :class:`_Terminated`, even if swallowed once.
+
+    Python drops an exception raised inside a garbage-collection callback or a
+    ``__del__`` ("Exception ignored in ..."), and distributed has such
+    callbacks; a signal that lands there is raised again when the block ends.
+    """
+    def on_signal(signum, received):
+        raise _interrupt(signum)
+
+    # if the block ends normally although a signal came, it was swallowed somewhere: raised again on exit
+    with _signals_handled(on_signal):
+        yield
 
 
 @contextmanager
@@ -205,22 +220,12 @@ def _signals_deferred(console: Console) -> Iterator[None]:
     that can terminate its instances; instead the block finishes, its result is
     kept for the teardown, and the interrupt is raised after it.
     """
-    received: list[int] = []
-
-    def hold(signum, frame):
-        if not received:
+    def hold(signum, received):
+        if len(received) == 1:
             console.print("interrupted: tearing down once the resources being created exist")
-        received.append(signum)
 
-    signals = (signal.SIGINT, signal.SIGTERM) if _in_main_thread() else ()
-    previous = {s: signal.signal(s, hold) for s in signals}
-    try:
+    with _signals_handled(hold):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if received:
-        raise _interrupt(received[0])
 
 
 @contextmanager
