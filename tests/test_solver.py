@@ -268,3 +268,54 @@ def test_regularised_affine_removes_a_wrong_link_and_places_a_blank_tile():
     others = np.arange(graph.n_tiles) != 13
     np.testing.assert_allclose(opt.models[others], truth[others], atol=1e-6)
     assert np.abs(opt.models[13] - truth[13]).max() < 10  # where its neighbours' overlaps put it
+
+
+def _select(graph, p_value=0.01):
+    from rhapso_gpu.solver.dataset import select_model
+
+    fixed = _fixed(graph.n_tiles)
+    affine = optimize(graph, fixed, SolverSettings(TransformModel("affine", "none", 0.0), link_removal=False))
+    rigid = optimize(graph, fixed, SolverSettings(TransformModel("rigid", "none", 0.0), link_removal=False))
+    return select_model(affine, rigid, p_value)
+
+
+@pytest.mark.parametrize("kind", ["rigid", "affine"])
+def test_select_model_finds_the_true_kind_from_point_matches(kind):
+    graph, _, _ = grid_graph((3, 2, 1), kind, per_link=40, noise=0.3, seed=5)
+    chosen = _select(graph)
+    assert chosen["chosen"] == kind, chosen
+    assert chosen["observations"] == 3 * len(graph.weights)
+
+
+def test_select_model_keeps_the_rigid_when_the_affine_is_not_determined():
+    """2 tiles, 3 matches: 9 numbers cannot determine a free affine's 12 parameters."""
+    graph, _, _ = grid_graph((2, 1, 1), "affine", per_link=3, noise=0.3, seed=6)
+    chosen = _select(graph)
+    assert chosen["dof"] <= 0 and np.isnan(chosen["F"]) and chosen["chosen"] == "rigid", chosen
+
+
+def _stitching_like(graph, observations, noise, seed=7):
+    """Each link as a stitching link: its overlap-box corners repeating one noisy measured 3-D shift."""
+    rng = np.random.default_rng(seed)
+    links = []
+    for lnk in range(graph.n_links):
+        sl = slice(graph.offsets[lnk], graph.offsets[lnk + 1])
+        pa, pb = graph.points_a[sl], graph.points_b[sl]
+        shift = (pa - pb).mean(axis=0) + rng.normal(0, noise, 3)
+        lo, hi = pa.min(axis=0), pa.max(axis=0)
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        links.append((graph.link_a[lnk], graph.link_b[lnk], corners, corners - shift, np.ones(8)))
+    return MatchGraph.from_links(graph.n_tiles, links, observations=observations)
+
+
+def test_select_model_counts_a_stitching_shift_as_three_observations():
+    """One shift per link, 8 corners: counting 24 observations per link picks an affine that fits the noise."""
+    grid, _, _ = grid_graph((3, 3, 2), "rigid", per_link=40, seed=8)
+    counted = _stitching_like(grid, [3.0] * grid.n_links, noise=0.3)
+    assert counted.observations.tolist() == [3.0] * grid.n_links
+    np.testing.assert_array_equal(counted.subset(np.arange(grid.n_links) % 2 == 0).observations,
+                                  counted.observations[::2])
+    chosen = _select(counted)
+    assert chosen["observations"] == 3 * grid.n_links and chosen["dof"] <= 0 and chosen["chosen"] == "rigid", chosen
+    per_corner = _stitching_like(grid, None, noise=0.3)  # the same shifts, each corner counted as a match
+    assert _select(per_corner)["chosen"] == "affine"

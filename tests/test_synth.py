@@ -217,3 +217,30 @@ def test_nuclei_missing_package_is_a_user_error(monkeypatch):
     monkeypatch.setattr(nuclei_mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"rhapso-gpu\[data\]"):
         nuclei_mod.load_nuclei()
+
+
+def test_nuclei_neighbours_keep_an_overlap_at_the_largest_stage_errors():
+    """3x3x2 tiles, stage errors up to 10 px: every face pair still shares content (the 15 % overlap alone does not)."""
+    specimen = nuclei_mod.load_nuclei()
+    kw = {"tiles_xyz": (3, 3, 2), "overlap": 0.15, "voxel_size_xyz": (0.5, 0.5, 1.0), "translation_error": 10.0,
+          "rotation_error_deg": 0.5}
+
+    def smallest_face_overlap(plans):
+        boxes = {p.grid_index_xyz: true_box_world(p) for p in plans}
+        overlaps = []
+        for index, (lo, hi) in boxes.items():
+            for axis in range(3):
+                other = tuple(i + (a == axis) for a, i in enumerate(index))
+                if other in boxes:
+                    overlaps.append(hi[axis] - boxes[other][0][axis])
+        return min(overlaps)
+
+    for seed in range(1, 7):
+        plans = nuclei_mod.plan_nuclei_grid(specimen, seed=seed, **kw)
+        assert smallest_face_overlap(plans) >= nuclei_mod.NUCLEI_MIN_OVERLAP - 1, seed  # 1 px for the rotations
+        hi = specimen.extent_xyz[1]
+        for p in plans:
+            lo_p, hi_p = true_box_world(p)
+            assert np.all(lo_p >= -1) and np.all(hi_p <= hi + 1)
+    plain = nuclei_mod.plan_nuclei_grid(specimen, seed=4, min_overlap=0.0, **kw)
+    assert plain[0].size_xyz == (87, 87, 12) and smallest_face_overlap(plain) < 0

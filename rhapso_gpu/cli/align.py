@@ -10,7 +10,8 @@ The ``stitch*`` stages (intensity-based pairwise shifts, skipped by default)
 serve content without reproducible interest points (``params/align-nuclei.yml``):
 a coarse stitch and a translation solve from it, then full-resolution
 stitches from each improved start feed the rigid and affine solves
-(``links: stitching``), so every solve sees shifts measured at its own start.
+(``links: stitching``), so every solve sees shifts measured at its own start;
+a solve whose shifts agree worse than the previous solve's is not applied.
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ from rich.console import Console
 from rich.table import Table
 
 from rhapso_gpu.cli._options import add_common, add_compute
-from rhapso_gpu.cli.solve import print_report, solve_xml
-from rhapso_gpu.detection import DetectParams, detect_interest_points, save_interest_points
+from rhapso_gpu.cli.detect import detect_xml
+from rhapso_gpu.cli.match import match_xml
+from rhapso_gpu.cli.solve import print_report
+from rhapso_gpu.detection import DetectParams
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.io.params import load_params, parse_set_options, validate_params
 from rhapso_gpu.io.spimdata_xml import load_spimdata, save_spimdata
 from rhapso_gpu.matching.params import MatchParams
-from rhapso_gpu.matching.views import match_dataset, store_results
 from rhapso_gpu.scheduler import open_cluster
-from rhapso_gpu.solver import SolveParams
+from rhapso_gpu.solver import SolveParams, apply_solution, build_report, report_location, solve_dataset, write_report
 from rhapso_gpu.stitching import StitchParams, stitch_dataset, store_stitching_results
 
 STAGES = ("stitch", "solve_stitch", "detect", "match_rigid", "stitch_rigid", "solve_rigid", "match_affine",
@@ -128,24 +130,6 @@ def align_params(args: argparse.Namespace) -> AlignParams:
     return params
 
 
-def _detect(xml: str, backend: str, params: DetectParams, cluster) -> str:
-    spim = load_spimdata(xml)
-    result = detect_interest_points(spim, params, cluster, backend)
-    save_interest_points(spim, result, params)
-    save_spimdata(spim, xml)
-    n = sum(len(vp.loc_xyz) for vp in result.views.values())
-    return f"{n} points '{params.label}' in {len(result.views)} views"
-
-
-def _match(xml: str, backend: str, params: MatchParams, cluster) -> str:
-    spim = load_spimdata(xml)
-    results = match_dataset(spim, params, cluster, backend)
-    store_results(spim, results, params)
-    ok = [r for r in results if r.match.ok]
-    n = sum(int(r.match.index_a.size) for r in ok)
-    return f"{len(ok)} of {len(results)} pairs matched, {n} correspondences ({params.method}, {params.model})"
-
-
 def _stitch(xml: str, backend: str, params: StitchParams, cluster) -> str:
     spim = load_spimdata(xml)
     results = stitch_dataset(spim, params, cluster, backend)
@@ -157,17 +141,44 @@ def _stitch(xml: str, backend: str, params: StitchParams, cluster) -> str:
             f"downsampling {'x'.join(map(str, params.downsampling))}, max_shift {params.max_shift:g})")
 
 
-def _solve(xml: str, params: SolveParams, console: Console) -> str:
-    report, location = solve_xml(xml, params)
+def _solve(xml: str, params: SolveParams, console: Console, previous: dict | None) -> tuple[str, dict | None]:
+    """Solve and apply, except a stitching solve less consistent than ``previous`` (see :func:`run_alignment`).
+
+    Returns the row text and the report of the registration now in the XML
+    (``previous`` when this solve was not applied).
+    """
+    spim = load_spimdata(xml)
+    solved = solve_dataset(spim, params)
+    report = build_report(solved)
+    keep = (params.links == "stitching" and previous is not None and report["rms"] is not None
+            and report["rms"] > previous["rms"])
+    report["applied"] = not keep
+    if keep:
+        report["kept_previous"] = (f"residual RMS {report['rms']} px above {previous['rms']} px of the previous "
+                                   "stitching solve: its new shifts are less consistent")
+    else:
+        apply_solution(spim, solved)
+        save_spimdata(spim, xml)
+    location = write_report(report, report_location(xml, params.model))
     print_report(report, console, title=f"solve {params.model}")
-    return (f"{report['links']} links, residual RMS {report['rms']} / max {report['max']} px, "
+    text = (f"{report['links']} links, residual RMS {report['rms']} / max {report['max']} px, "
             f"{len(report['removed_links'])} removed, {len(report['placed_by_metadata'])} by metadata; {location}")
+    if keep:
+        return f"NOT APPLIED ({report['kept_previous']}); {text}", previous
+    return text, report if params.links == "stitching" else previous
 
 
 def run_alignment(
     xml: str, params: AlignParams, cluster, backend: str, console: Console, source: str = "align parameters"
 ) -> list[tuple[str, float | None, str]]:
     """Run the alignment stages on ``xml`` (updated in place, with backups).
+
+    A solve from stitching links (``links: stitching``) is applied only if its
+    residual RMS is not above that of the previous stitching solve of this run:
+    shifts measured from a better start must agree at least as well, and when
+    they do not (new pairs with biased shifts, e.g. from overlaps a few slices
+    thin), re-solving from them made nuclei registrations worse. Its report
+    then says ``"applied": false`` and why.
 
     Returns
     -------
@@ -176,6 +187,7 @@ def run_alignment(
     """
     stages = {name: params.stage(name, source) for name in STAGES}  # validate everything before starting
     rows: list[tuple[str, float | None, str]] = []
+    previous = None  # report of the last applied stitching solve
     for name, (skip, stage_params) in stages.items():
         if skip:
             rows.append((name, None, "skipped"))
@@ -184,11 +196,11 @@ def run_alignment(
         if name.startswith("stitch"):
             text = _stitch(xml, backend, stage_params, cluster)
         elif name == "detect":
-            text = _detect(xml, backend, stage_params, cluster)
+            text = detect_xml(xml, backend, stage_params, cluster).summary
         elif name.startswith("match"):
-            text = _match(xml, backend, stage_params, cluster)
+            text = match_xml(xml, backend, stage_params, cluster).summary
         else:
-            text = _solve(xml, stage_params, console)
+            text, previous = _solve(xml, stage_params, console, previous)
         rows.append((name, time.perf_counter() - start, text))
         console.print(f"[bold]{name}[/bold]: {text}")
     return rows

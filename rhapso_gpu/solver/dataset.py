@@ -21,6 +21,7 @@ from scipy.stats import f as f_dist
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.geometry import apply_affine, view_affine, view_box_world
 from rhapso_gpu.io.correspondences import read_correspondences
+from rhapso_gpu.io.grouping import view_groups
 from rhapso_gpu.io.interestpoints import container_location, read_interest_points
 from rhapso_gpu.io.spimdata import SpimData, ViewId, ViewTransform
 from rhapso_gpu.models import TransformModel
@@ -68,28 +69,6 @@ class DatasetSolve:
     def tile_name(self, tile: int) -> str:
         """``tp0/setup1`` for a single view, ``tp0/setup0+tp0/setup1`` for a group."""
         return "+".join(str(v) for v in self.tiles[tile])
-
-
-def view_groups(spim: SpimData, views: list[ViewId], grouped: set[str]) -> list[tuple[ViewId, ...]]:
-    """Views that share one model: those of one time point that differ only in the ``grouped`` setup attributes.
-
-    Parameters
-    ----------
-    grouped : set of str
-        ``tile``, ``channel``, ``illumination`` (as ``match``'s ``group_*``); empty: one view per group.
-
-    Returns
-    -------
-    list of tuple of ViewId
-        Each group sorted, groups sorted by their first view.
-    """
-    if not grouped:
-        return [(v,) for v in sorted(views)]
-    groups: dict[tuple, list[ViewId]] = {}
-    for v in sorted(views):
-        kept = tuple(sorted((k, val) for k, val in spim.setup(v).attributes.items() if k not in grouped))
-        groups.setdefault((v.timepoint, kept), []).append(v)
-    return sorted(tuple(g) for g in groups.values())
 
 
 def fixed_views(spim: SpimData, views: list[ViewId], params: SolveParams) -> list[ViewId]:
@@ -199,9 +178,12 @@ def solve_dataset(spim: SpimData, params: SolveParams, views: list[ViewId] | Non
 def select_model(affine: Optimum, rigid: Optimum, p_value: float) -> dict:
     """F-test of the affine against the rigid solution on the links both kept.
 
-    ``F = ((RSS_rigid - RSS_affine) / 6 m) / (RSS_affine / (3 N - 12 m))`` with
-    ``m`` free tiles and ``N`` matches: the affine is chosen only when its 6 extra
-    parameters per tile explain significantly more than noise.
+    ``F = ((RSS_rigid - RSS_affine) / 6 m) / (RSS_affine / (N - 12 m))`` with
+    ``m`` free tiles and ``N`` independent observations (``MatchGraph.observations``:
+    3 per point match, 3 per stitching link however many corners repeat its
+    shift): the affine is chosen only when its 6 extra parameters per tile
+    explain significantly more than noise. When ``N <= 12 m`` the affine is not
+    determined by the links and the rigid is kept.
     """
     keep = ~(affine.removed | rigid.removed)
     rows = np.repeat(keep, np.diff(affine.graph.offsets))
@@ -211,14 +193,17 @@ def select_model(affine: Optimum, rigid: Optimum, p_value: float) -> dict:
         d = match_distances(opt.graph, opt.models)[rows]
         rss[name] = float((w * d**2).sum())
     moved = np.flatnonzero(np.abs(affine.models - IDENTITY).max(axis=(1, 2)) > 0)
-    m, n = max(len(moved), 1), int(rows.sum())
-    dof = 3 * n - 12 * m
-    if dof <= 0 or rss["affine"] <= 0:
-        f_stat, p = float("inf"), 0.0
+    m, n = max(len(moved), 1), float(affine.graph.observations[keep].sum())
+    dof = n - 12 * m
+    if dof <= 0:
+        f_stat, p = float("nan"), 1.0  # the affine is not determined: keep the rigid
+    elif rss["affine"] <= 0:
+        f_stat, p = float("inf"), 0.0 if rss["rigid"] > 0 else 1.0
     else:
         f_stat = max(rss["rigid"] - rss["affine"], 0.0) / (6 * m) / (rss["affine"] / dof)
         p = float(f_dist.sf(f_stat, 6 * m, dof))
     return {"chosen": "affine" if p < p_value else "rigid", "F": round(f_stat, 4), "p": p,
+            "observations": n, "dof": dof,
             "rss_affine": round(rss["affine"], 6), "rss_rigid": round(rss["rigid"], 6)}
 
 

@@ -39,6 +39,10 @@ class MatchGraph:
         Match weights.
     weak : ndarray of bool (L,)
         Links made from metadata overlaps (two-round method), not from matches.
+    observations : ndarray of float64 (L,)
+        Independent scalar observations of each link, for statistics such as
+        ``select_model``'s F-test: 3 per match (default), but 3 for a link that
+        repeats one measured 3-D shift at several points (stitching links).
     """
 
     n_tiles: int
@@ -49,18 +53,22 @@ class MatchGraph:
     points_b: np.ndarray
     weights: np.ndarray
     weak: np.ndarray = field(default=None)
+    observations: np.ndarray = field(default=None)
 
     def __post_init__(self):
         if self.weak is None:
             self.weak = np.zeros(len(self.link_a), bool)
+        if self.observations is None:
+            self.observations = 3.0 * np.diff(self.offsets)
 
     @classmethod
     def from_links(cls, n_tiles: int, links: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]],
-                   weak: list[bool] | None = None) -> MatchGraph:
+                   weak: list[bool] | None = None, observations: list[float] | None = None) -> MatchGraph:
         """Build from ``(tile_a, tile_b, points_a (n,3), points_b (n,3), weights (n,))`` per link.
 
         Links with ``tile_a > tile_b`` are flipped; empty links are dropped; links
-        of the same pair are merged (order of first appearance).
+        of the same pair are merged (order of first appearance; their
+        ``observations``, default ``3 n`` each, add up).
         """
         merged: dict[tuple[int, int], list] = {}
         for i, (a, b, pa, pb, w) in enumerate(links):
@@ -70,10 +78,11 @@ class MatchGraph:
                 continue
             if a > b:
                 a, b, pa, pb = b, a, pb, pa
-            entry = merged.setdefault((int(a), int(b)), [[], [], [], bool(weak[i]) if weak else False])
+            entry = merged.setdefault((int(a), int(b)), [[], [], [], bool(weak[i]) if weak else False, 0.0])
             entry[0].append(pa)
             entry[1].append(pb)
             entry[2].append(w)
+            entry[4] += float(observations[i]) if observations is not None else 3.0 * len(pa)
         keys = sorted(merged)
         counts = [sum(len(p) for p in merged[k][0]) for k in keys]
         cat = (lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape))
@@ -86,6 +95,7 @@ class MatchGraph:
             points_b=cat([p for k in keys for p in merged[k][1]], (0, 3)),
             weights=cat([w for k in keys for w in merged[k][2]], (0,)),
             weak=np.array([merged[k][3] for k in keys], bool),
+            observations=np.array([merged[k][4] for k in keys], np.float64),
         )
 
     @property
@@ -102,7 +112,7 @@ class MatchGraph:
         tile_of = np.asarray(tile_of, np.int64)
         links = [(tile_of[a], tile_of[b], self.points_a[lo:hi], self.points_b[lo:hi], self.weights[lo:hi])
                  for a, b, lo, hi in zip(self.link_a, self.link_b, self.offsets[:-1], self.offsets[1:], strict=True)]
-        return MatchGraph.from_links(n_tiles, links, weak=list(self.weak))
+        return MatchGraph.from_links(n_tiles, links, weak=list(self.weak), observations=list(self.observations))
 
     def subset(self, keep: np.ndarray) -> MatchGraph:
         """The graph with only the links where ``keep`` (bool (L,)) is true."""
@@ -112,7 +122,7 @@ class MatchGraph:
         return MatchGraph(
             self.n_tiles, self.link_a[keep], self.link_b[keep],
             np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            self.points_a[rows], self.points_b[rows], self.weights[rows], self.weak[keep],
+            self.points_a[rows], self.points_b[rows], self.weights[rows], self.weak[keep], self.observations[keep],
         )
 
 

@@ -24,6 +24,9 @@ log = logging.getLogger("rhapso_gpu")
 def stitching_graph(spim: SpimData, views: list[ViewId], same_timepoint: bool = True) -> MatchGraph:
     """Matches between ``views`` from the dataset's current stitching results (weight 1 each).
 
+    Each link counts 3 observations (``MatchGraph.observations``): its 8 matches
+    repeat one measured 3-D shift.
+
     Raises
     ------
     UserError
@@ -61,4 +64,5 @@ def stitching_graph(spim: SpimData, views: list[ViewId], same_timepoint: bool = 
             f"{spim.location or 'dataset'}: no stitching results for the current registrations "
             f"({stale} stale): run `rhapso-gpu stitch` first"
         )
-    return MatchGraph.from_links(len(views), sorted(links, key=lambda link: link[:2]))
+    # One shift is 3 independent numbers, however many corners repeat it (select_model's F-test counts them).
+    return MatchGraph.from_links(len(views), sorted(links, key=lambda link: link[:2]), observations=[3.0] * len(links))

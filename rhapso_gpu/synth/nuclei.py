@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from rhapso_gpu.errors import UserError
-from rhapso_gpu.synth.tiles import TilePlan, WorldSource, plan_grid, render_tile_from
+from rhapso_gpu.synth.tiles import TilePlan, WorldSource, plan_grid, render_tile_from, translation_xyz
 
 #: Voxel spacing of ``nuclei.tif`` (zyx, µm), from the skimage ``cells3d`` docstring.
 NUCLEI_SPACING_ZYX_UM = (0.29, 0.26, 0.26)
@@ -80,6 +80,11 @@ def load_nuclei(seed: int = 0) -> NucleiSpecimen:
     return NucleiSpecimen(volume, np.diag(np.append(spacing_xyz / spacing_xyz.min(), 1.0)), seed)
 
 
+#: Overlap (world px) that neighbouring nuclei tiles keep at the largest stage errors: enough nuclei for phase
+#: correlation (4 slices of the default 2x z spacing).
+NUCLEI_MIN_OVERLAP = 8.0
+
+
 def plan_nuclei_grid(
     specimen: NucleiSpecimen,
     tiles_xyz=(2, 2, 1),
@@ -89,27 +94,50 @@ def plan_nuclei_grid(
     rotation_error_deg: float = 0.0,
     affine_error: float = 0.0,
     seed: int = 0,
+    min_overlap: float | None = None,
 ) -> list[TilePlan]:
     """A grid of the largest tiles that fit inside the nuclei volume, centred in it.
 
-    The tile size is chosen so that the grid's world extent plus twice
-    ``translation_error`` fits in the volume; the other parameters are those of
-    :func:`~rhapso_gpu.synth.tiles.plan_grid`. Rotation and affine errors can
-    move tile corners outside the volume, where the image is 0.
+    The grid's world extent plus twice ``translation_error`` fits in the volume;
+    the other parameters are those of :func:`~rhapso_gpu.synth.tiles.plan_grid`.
+    Rotation and affine errors can move tile corners outside the volume, where
+    the image is 0.
+
+    The volume is small (256 x 256 x 67 world px) next to the stage errors a test
+    asks for: 3x3x2 tiles with the usual 15 % overlap would overlap by ~2 slices
+    (4 world px) in z, while two neighbours' errors differ by up to
+    ``2 * translation_error`` (20 px): some pairs then share no content at all
+    and no method can register them (no real acquisition is planned so). So,
+    along every axis with more than one tile, neighbours overlap by at least
+    ``min_overlap`` world px, default ``2 * translation_error + NUCLEI_MIN_OVERLAP``,
+    or ``overlap`` of the tile where that is more (the tiles grow to keep the
+    grid's extent; with 2 tiles in z and a 10 px error they overlap by ~3/4).
+
+    Parameters
+    ----------
+    min_overlap : float, optional
+        Smallest nominal overlap of neighbours, world px; 0 plans plain
+        ``overlap`` fractions.
     """
     lo, hi = specimen.extent_xyz
     cal = np.asarray(voxel_size_xyz, dtype=np.float64) / np.min(voxel_size_xyz)
     n = np.asarray(tiles_xyz, dtype=np.float64)
+    need = 2 * translation_error + NUCLEI_MIN_OVERLAP if min_overlap is None else float(min_overlap)
     available = hi - lo - 2 * translation_error
-    size = np.floor(available / (cal * (1 + (n - 1) * (1 - overlap)))).astype(np.int64)
-    if np.any(size < 2):
+    # tile extent (world) with the overlap fraction, then with the overlap `need` where the fraction gives less
+    extent = available / (1 + (n - 1) * (1 - overlap))
+    short = (n > 1) & (overlap * extent < need)
+    extent = np.where(short, (available + (n - 1) * need) / n, extent)
+    size = np.floor(extent / cal).astype(np.int64)
+    overlap_world = np.where(short, need, overlap * size * cal)
+    if np.any(size < 2) or np.any(overlap_world >= size * cal):
         raise UserError(
-            f"{tuple(tiles_xyz)} tiles with overlap {overlap} and translation error {translation_error} "
-            f"do not fit in the nuclei volume ({(hi - lo).round(1).tolist()} world px)"
+            f"{tuple(tiles_xyz)} tiles with overlap {overlap} (at least {need:g} world px) and translation error "
+            f"{translation_error} do not fit in the nuclei volume ({(hi - lo).round(1).tolist()} world px)"
         )
-    grid_extent = cal * size * (1 + (n - 1) * (1 - overlap))
-    origin = lo + (hi - lo - grid_extent) / 2
-    return plan_grid(
+    step = size * cal - overlap_world
+    grid_extent = size * cal + (n - 1) * step
+    plans = plan_grid(
         tiles_xyz=tiles_xyz,
         tile_size_xyz=tuple(int(s) for s in size),
         overlap=overlap,
@@ -118,8 +146,16 @@ def plan_nuclei_grid(
         rotation_error_deg=rotation_error_deg,
         affine_error=affine_error,
         seed=seed,
-        grid_origin_xyz=origin,
+        grid_origin_xyz=lo + (hi - lo - grid_extent) / 2,
     )
+    # plan_grid steps by (1 - overlap) of the tile on every axis: move the tiles to `step` (nominal and true
+    # poses alike, so the errors are unchanged)
+    planned_step = (1 - overlap) * size * cal
+    moved = []
+    for plan in plans:
+        shift = translation_xyz(np.asarray(plan.grid_index_xyz) * (step - planned_step))
+        moved.append(replace(plan, nominal_xyz=shift @ plan.nominal_xyz, true_xyz=shift @ plan.true_xyz))
+    return moved
 
 
 def nuclei_source(specimen: NucleiSpecimen, backend) -> WorldSource:
