@@ -68,7 +68,8 @@ def print_report(report: dict, console: Console, title: str = "global optimisati
                       f"({', '.join('+'.join(g) for g in report['groups'][:3])}{', ...' if len(report['groups']) > 3 else ''})")
     sel = report.get("model_selection")
     if sel:
-        console.print(f"  model selection: {sel['chosen']} (F = {sel['F']:.3g}, p = {sel['p']:.3g}; residual sum of "
+        f_text = "n/a" if sel["F"] is None else f"{sel['F']:.3g}"
+        console.print(f"  model selection: {sel['chosen']} (F = {f_text}, p = {sel['p']:.3g}; residual sum of "
                       f"squares affine {sel['rss_affine']:.4g}, rigid {sel['rss_rigid']:.4g})")
     for r in report["removed_links"]:
         console.print(f"  [yellow]removed link[/yellow] {r['a']} - {r['b']}: mean residual {r['error']:.2f} "

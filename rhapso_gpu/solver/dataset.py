@@ -202,7 +202,9 @@ def select_model(affine: Optimum, rigid: Optimum, p_value: float) -> dict:
     else:
         f_stat = max(rss["rigid"] - rss["affine"], 0.0) / (6 * m) / (rss["affine"] / dof)
         p = float(f_dist.sf(f_stat, 6 * m, dof))
-    return {"chosen": "affine" if p < p_value else "rigid", "F": round(f_stat, 4), "p": p,
+    # JSON has no NaN or infinity: F is null when the affine is undetermined or fits exactly
+    return {"chosen": "affine" if p < p_value else "rigid",
+            "F": round(f_stat, 4) if np.isfinite(f_stat) else None, "p": p,
             "observations": n, "dof": dof,
             "rss_affine": round(rss["affine"], 6), "rss_rigid": round(rss["rigid"], 6)}
 

@@ -55,7 +55,7 @@ class SynthParams(BaseModel):
 
     tiles: tuple[int, int, int] = Field((3, 3, 1), description="tile grid (x, y, z)")
     tile_size: tuple[int, int, int] = Field((128, 128, 64), description="tile size (x, y, z) in pixels; ignored for nuclei")
-    overlap: float = Field(0.15, ge=0.0, lt=0.9, description="overlap of neighbouring tiles, fraction of the tile")
+    overlap: float = Field(0.15, ge=0.0, lt=0.9, description="overlap of neighbouring tiles, fraction of the tile (for nuclei a minimum: raised to 2x the translation error + 8 px where needed)")
     voxel_size: tuple[float, float, float] = Field((0.5, 0.5, 1.0), description="voxel size (x, y, z) in unit")
     unit: str = Field("µm", description="unit of voxel_size")
     translation_error: float = Field(5.0, ge=0.0, description="stage error per axis, uniform +-, in world pixels")
