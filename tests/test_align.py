@@ -129,7 +129,7 @@ def test_parameter_templates_are_valid_and_state_the_defaults(name):
     """params/align.yml and params/solve.yml load, and what they set is what runs without them."""
     import yaml
 
-    from rhapso_gpu.cli.align import STAGE_DEFAULTS, STAGES, AlignParams
+    from rhapso_gpu.cli.align import PATHS, STAGE_DEFAULTS, STAGES, AlignParams
     from rhapso_gpu.io.params import load_params
     from rhapso_gpu.solver import SolveParams
 
@@ -139,6 +139,42 @@ def test_parameter_templates_are_valid_and_state_the_defaults(name):
         return
     params = load_params(AlignParams, str(path))
     raw = yaml.safe_load(path.read_text())
+    assert (raw["strategy"], raw["auto_max_rms"]) == (AlignParams().strategy, AlignParams().auto_max_rms) == ("auto", 1)
     for stage in STAGES:
-        assert params.stage(stage)[1] == AlignParams().stage(stage)[1]
+        for path_name in PATHS:
+            assert params.stage(stage, path=path_name) == AlignParams().stage(stage, path=path_name)
         assert raw[stage] == STAGE_DEFAULTS[stage]
+
+
+def test_plain_align_on_beads_keeps_interest_points_and_quiet_prints_nothing(beads, tmp_path, capsys):
+    """strategy auto on beads: the first rigid solve agrees (no stitching stage runs); -q prints no table."""
+    xml = _copy(beads, tmp_path / "ds")
+    capsys.readouterr()
+    assert main(["align", xml, "--cluster", "synchronous", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "strategy" not in captured.err, captured
+    assert not (tmp_path / "ds" / "dataset.solve-translation.json").exists()  # solve_stitch did not run
+    rigid = json.loads((tmp_path / "ds" / "dataset.solve-rigid.json").read_text())
+    assert rigid["rms"] < 1.0 and rigid["links"] > 0
+    rms, mx = _error(xml)
+    assert rms < 0.3 and mx < 1.0, (rms, mx)
+
+
+def test_strategy_options(tmp_path, capsys):
+    """--strategy and --set strategy/auto_max_rms reach the parameters; a bad value is a one-line user error."""
+    from rhapso_gpu.cli import build_parser
+    from rhapso_gpu.cli.align import align_params
+
+    def parse(*options):
+        return align_params(build_parser().parse_args(["align", "x.xml", *options]))
+
+    assert parse().paths() == ("interest-points", "stitching")
+    assert parse("--strategy", "stitching").paths() == ("stitching",)
+    nuclei = str(Path(__file__).parents[1] / "params" / "align-nuclei.yml")
+    assert parse("--params", nuclei, "--strategy", "auto").strategy == "auto"  # the option wins over the file
+    params = parse("--set", "strategy=interest-points", "--set", "auto_max_rms=2")
+    assert (params.paths(), params.auto_max_rms) == (("interest-points",), 2.0)
+    assert params.stage("stitch_rigid")[0] and not parse("--set", "stitch_rigid.skip=false").stage("stitch_rigid")[0]
+    assert main(["align", str(tmp_path / "x.xml"), "--set", "strategy=beads"]) == 2
+    err = capsys.readouterr().err
+    assert "strategy" in err and "Traceback" not in err, err

@@ -243,14 +243,17 @@ def errors_after_each_solve(xml):
     return errors, reports
 
 
-def _align_nuclei(tmp_path, tiles, seed, rotation=0.5):
-    """Nuclei tiles with stage errors up to 10 px and ``rotation`` degrees, aligned with params/align-nuclei.yml."""
+NUCLEI_YML = str(Path(__file__).parents[1] / "params" / "align-nuclei.yml")
+
+
+def _align_nuclei(tmp_path, tiles, seed, rotation=0.5, params=NUCLEI_YML, quiet=True):
+    """Nuclei tiles with stage errors up to 10 px and ``rotation`` degrees, aligned with ``params`` (None: plain)."""
     out = tmp_path / f"ds{seed}"
     assert main(["synth", str(out), "--tiles", tiles, "--translation-error", "10", "--rotation-error", str(rotation),
                  "--content", "nuclei", "--seed", str(seed), "--cluster", "synchronous", "-q"]) == 0
     xml = str(out / "dataset.xml")
-    assert main(["align", xml, "--params", str(Path(__file__).parents[1] / "params" / "align-nuclei.yml"),
-                 "--cluster", "synchronous", "-q"]) == 0
+    options = (["--params", params] if params else []) + (["-q"] if quiet else [])
+    assert main(["align", xml, *options, "--cluster", "synchronous"]) == 0
     return errors_after_each_solve(xml)
 
 
@@ -263,14 +266,18 @@ def _assert_subpixel_and_never_worse(errors):
 
 
 @needs_nuclei
-def test_align_nuclei_small_grid(tmp_path):
-    """2x1x2 nuclei tiles: sub-pixel, every solve better than the one before, the affine stage keeps the rigid.
+def test_plain_align_takes_the_stitching_path_on_a_small_nuclei_grid(tmp_path, capsys):
+    """2x1x2 nuclei tiles, plain ``align`` (strategy auto): the interest-point rigid solve disagrees, the run
+    restores its start and stitches; sub-pixel, every solve better than the one before, the affine keeps the rigid.
 
     Rotations of 0.2 degrees: with 0.5 these 131 x 235 px tiles end at 0.42 / 0.96 px (measured, seed 2), as
     a pairwise shift holds no rotation and 6 links constrain the tiles' rotations poorly (3x3x2 grids do).
     """
-    errors, reports = _align_nuclei(tmp_path, "2x1x2", seed=2, rotation=0.2)
-    _assert_subpixel_and_never_worse(errors)
+    errors, reports = _align_nuclei(tmp_path, "2x1x2", seed=2, rotation=0.2, params=None, quiet=False)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "strategy: stitching, as interest points did not align the tiles" in out, out
+    assert (tmp_path / "ds2" / "interestpoints.n5").exists()  # the interest-point path ran first
+    _assert_subpixel_and_never_worse(errors)  # errors[0] is the start: the interest-point solve left no transform
     selection = reports[-1]["model_selection"]
     # 3 numbers per link (6 links: 18) cannot determine 3 free affines (36 parameters): the F-test keeps the rigid
     assert selection["observations"] == 3 * reports[-1]["links"] == 18, selection
@@ -279,9 +286,10 @@ def test_align_nuclei_small_grid(tmp_path):
 
 @pytest.mark.slow
 @needs_nuclei
-@pytest.mark.parametrize("seed", range(1, 7))
-def test_align_nuclei_acceptance(tmp_path, seed):
-    """Issue 5 on real content: 3x3x2 nuclei tiles, stage errors up to 10 px and 0.5 degrees, params/align-nuclei.yml."""
-    errors, reports = _align_nuclei(tmp_path, "3x3x2", seed)
+@pytest.mark.parametrize(("seed", "params"), [*((s, NUCLEI_YML) for s in range(1, 7)), *((s, None) for s in (1, 2, 3))])
+def test_align_nuclei_acceptance(tmp_path, seed, params):
+    """Issue 5 on real content: 3x3x2 nuclei tiles, stage errors up to 10 px and 0.5 degrees, with
+    params/align-nuclei.yml and with plain ``align`` (strategy auto falls back to stitching)."""
+    errors, reports = _align_nuclei(tmp_path, "3x3x2", seed, params=params)
     _assert_subpixel_and_never_worse(errors)
     assert reports[-1]["model_selection"]["chosen"] == "rigid", reports[-1]["model_selection"]

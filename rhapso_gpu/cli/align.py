@@ -6,19 +6,32 @@ stitch -> solve_stitch -> detect -> match_rigid -> stitch_rigid -> solve_rigid
 from the rigid result, so it can search a small radius and finds more (and
 more exact) correspondences than the first.
 
-The ``stitch*`` stages (intensity-based pairwise shifts, skipped by default)
-serve content without reproducible interest points (``params/align-nuclei.yml``):
-a coarse stitch and a translation solve from it, then full-resolution
-stitches from each improved start feed the rigid and affine solves
-(``links: stitching``), so every solve sees shifts measured at its own start;
-a solve whose shifts agree worse than the previous solve's is not applied.
+Two paths run a subset of the stages (``strategy``):
+
+* ``interest-points``: detect -> match_rigid -> solve_rigid -> match_affine
+  -> solve_affine (beads: sub-pixel in seconds).
+* ``stitching``, for content without reproducible interest points (nuclei):
+  stitch -> solve_stitch -> stitch_rigid -> solve_rigid -> stitch_affine ->
+  solve_affine. A coarse stitch (intensity-based pairwise shifts) and a
+  translation solve from it, then full-resolution stitches from each improved
+  start feed the rigid and affine solves (``links: stitching``), so every solve
+  sees shifts measured at its own start; a solve whose shifts agree worse than
+  the previous solve's is not applied.
+* ``auto`` (the default) starts with interest points and, when the first rigid
+  solve shows that they did not carry the alignment (residual RMS above
+  ``auto_max_rms``, or no links), restores the registrations the run started
+  from and takes the stitching path.
+
+A stage's ``skip`` given by the user (or ``--skip``) wins over its path.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
@@ -37,16 +50,27 @@ from rhapso_gpu.scheduler import open_cluster
 from rhapso_gpu.solver import SolveParams, apply_solution, build_report, report_location, solve_dataset, write_report
 from rhapso_gpu.stitching import StitchParams, stitch_dataset, store_stitching_results
 
+log = logging.getLogger(__name__)
+
 STAGES = ("stitch", "solve_stitch", "detect", "match_rigid", "stitch_rigid", "solve_rigid", "match_affine",
           "stitch_affine", "solve_affine")
-_FINE_STITCH = {"skip": True, "downsampling": [1, 1, 1], "max_shift": 4.0, "min_r": 0.9}
+_FINE_STITCH = {"downsampling": [1, 1, 1], "max_shift": 4.0, "min_r": 0.9}
+PATHS = {
+    "interest-points": ("detect", "match_rigid", "solve_rigid", "match_affine", "solve_affine"),
+    "stitching": ("stitch", "solve_stitch", "stitch_rigid", "solve_rigid", "stitch_affine", "solve_affine"),
+}
+# Values a path sets on top of STAGE_DEFAULTS (the user's values win over both).
+_PATH_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "interest-points": {},
+    "stitching": {"solve_rigid": {"links": "stitching"}, "solve_affine": {"links": "stitching"}},
+}
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Intensity-based stitching, off by default (interest points align beads to sub-pixel on their own; with it
-    # on, beads end the same in 6x the time). The coarse stitch searches the stage error at 2x2x1; min_r is
-    # stricter than BigStitcher's 0.7 (nuclei pairs with r 0.7-0.9 were off by pixels).
-    "stitch": {"skip": True, "min_r": 0.9},
-    "solve_stitch": {"skip": True, "links": "stitching", "model": "translation", "relative_threshold": 2.5,
+    # Intensity-based stitching, the stitching path only (interest points align beads to sub-pixel on their own;
+    # with stitching on, beads end the same in 6x the time). The coarse stitch searches the stage error at 2x2x1;
+    # min_r is stricter than BigStitcher's 0.7 (nuclei pairs with r 0.7-0.9 were off by pixels).
+    "stitch": {"min_r": 0.9},
+    "solve_stitch": {"links": "stitching", "model": "translation", "relative_threshold": 2.5,
                      "absolute_threshold": 3.5},
     # Full resolution in x/y: localisation at the coarser level limits the result to ~1 px.
     "detect": {"dsxy": 1},
@@ -73,9 +97,16 @@ STAGE_PARAMS = {"stitch": StitchParams, "solve_stitch": SolveParams, "detect": D
 
 
 class AlignParams(BaseModel):
-    """``align`` parameters: one mapping per stage (keys of that stage's parameters, plus ``skip``)."""
+    """``align`` parameters: the path (``strategy``), then one mapping per stage (its parameters, plus ``skip``)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["auto", "interest-points", "stitching"] = Field(
+        "auto", description="interest-points (beads), stitching (phase correlation, e.g. nuclei), or auto: "
+        "interest points, then stitching if the first rigid solve shows they did not align the tiles")
+    auto_max_rms: float = Field(
+        1.0, gt=0, description="strategy auto: residual RMS (world px) of the first rigid solve above which the "
+        "interest points are judged not to carry the alignment (beads: < 0.1; nuclei: > 4)")
 
     stitch: dict[str, Any] = Field({}, description="StitchParams of the coarse stitch (params/stitch.yml)")
     solve_stitch: dict[str, Any] = Field({}, description="SolveParams of the solve from the coarse stitch")
@@ -87,11 +118,23 @@ class AlignParams(BaseModel):
     stitch_affine: dict[str, Any] = Field({}, description="StitchParams of the stitch before the affine solve")
     solve_affine: dict[str, Any] = Field({}, description="SolveParams of the affine solve")
 
-    def stage(self, name: str, source: str = "align parameters") -> tuple[bool, BaseModel]:
-        """``(skip, validated parameters)`` of a stage: the align defaults, then the user's values."""
-        values = {**STAGE_DEFAULTS[name], **getattr(self, name)}
-        skip = bool(values.pop("skip", False))
+    def stage(self, name: str, source: str = "align parameters", path: str | None = None) -> tuple[bool, BaseModel]:
+        """``(skip, validated parameters)`` of a stage on ``path`` (default: the first path of ``strategy``).
+
+        Values are align's defaults, then the path's, then the user's; a stage
+        is skipped when it is not on the path, unless the user's ``skip`` says otherwise.
+        """
+        path = path or self.paths()[0]
+        values = {**STAGE_DEFAULTS[name], **_PATH_VALUES[path].get(name, {}), **getattr(self, name)}
+        skip = bool(values.pop("skip", name not in PATHS[path]))
         return skip, validate_params(STAGE_PARAMS[name], values, f"{source}: {name}")
+
+    def paths(self) -> tuple[str, ...]:
+        """The paths ``strategy`` may run, in order (auto: interest points, then stitching)."""
+        return ("interest-points", "stitching") if self.strategy == "auto" else (self.strategy,)
+
+
+_TOP_LEVEL = ("strategy", "auto_max_rms")
 
 
 def add_parser(sub) -> None:
@@ -100,13 +143,19 @@ def add_parser(sub) -> None:
         help="detect, match and solve (rigid, then affine) in one command",
         description="Align a dataset: detect interest points, match them (rigid), solve rigid, match again "
         "from the rigid result (affine), solve affine; or, for content without reproducible interest points, "
-        "stitch by phase correlation and solve from the pairwise shifts (params/align-nuclei.yml). Every stage is skippable and tunable in --params "
-        "(see params/align.yml); --set stage.key=value overrides one value. Prints a table per stage; the "
+        "stitch by phase correlation and solve from the pairwise shifts. --strategy auto (the default) starts "
+        "with interest points and, when the rigid solve shows they do not agree, restores the start and "
+        "stitches instead, saying so. Every stage is skippable and tunable in --params (see params/align.yml); "
+        "--set stage.key=value (or key=value for strategy, auto_max_rms) overrides one value. Prints a table "
+        "per stage; the "
         "XML is updated in place (backups ~1..~5) with one transform per solve, and each solve writes a "
         "JSON report next to the XML.",
     )
     p.add_argument("xml", help="dataset.xml (local path or s3:// URL)")
     p.add_argument("--params", metavar="YAML", help="parameter file (see params/align.yml)")
+    p.add_argument("--strategy", choices=("auto", "interest-points", "stitching"), default=None,
+                   help="which stages run (default: the --params value, else auto): interest-points (beads), "
+                   "stitching (phase correlation, e.g. nuclei), auto (interest points, stitching if they fail)")
     p.add_argument("--set", action="append", metavar="STAGE.KEY=VALUE", help="override one value (repeatable)")
     p.add_argument("--skip", action="append", choices=STAGES, default=[], help="skip a stage (repeatable)")
     add_compute(p)
@@ -115,14 +164,19 @@ def add_parser(sub) -> None:
 
 
 def align_params(args: argparse.Namespace) -> AlignParams:
-    """Validated parameters: --params file, then ``--set stage.key=value``, then ``--skip``."""
+    """Validated parameters: --params file, then ``--set``, ``--strategy`` and ``--skip``."""
     nested: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
     for key, value in parse_set_options(args.set).items():
         stage, dot, name = key.partition(".")
-        if not dot or stage not in STAGES:
-            raise UserError(f"--set {key}: expected STAGE.KEY=VALUE with STAGE one of {', '.join(STAGES)}")
-        nested.setdefault(stage, {})[name] = value
-    params = load_params(AlignParams, args.params, {})
+        if not dot and key in _TOP_LEVEL:
+            top[key] = value
+        elif not dot or stage not in STAGES:
+            raise UserError(f"--set {key}: expected STAGE.KEY=VALUE with STAGE one of {', '.join(STAGES)}, "
+                            f"or one of {', '.join(_TOP_LEVEL)}=VALUE")
+        else:
+            nested.setdefault(stage, {})[name] = value
+    params = load_params(AlignParams, args.params, {**top, **({"strategy": args.strategy} if args.strategy else {})})
     for stage in STAGES:
         extra = {**nested.get(stage, {}), **({"skip": True} if stage in args.skip else {})}
         if extra:
@@ -141,11 +195,12 @@ def _stitch(xml: str, backend: str, params: StitchParams, cluster) -> str:
             f"downsampling {'x'.join(map(str, params.downsampling))}, max_shift {params.max_shift:g})")
 
 
-def _solve(xml: str, params: SolveParams, console: Console, previous: dict | None) -> tuple[str, dict | None]:
+def _solve(xml: str, params: SolveParams, console: Console, previous: dict | None) -> tuple[str, dict, dict | None]:
     """Solve and apply, except a stitching solve less consistent than ``previous`` (see :func:`run_alignment`).
 
-    Returns the row text and the report of the registration now in the XML
-    (``previous`` when this solve was not applied).
+    Returns the row text, this solve's report, and the report of the stitching
+    solve now in the XML (``previous`` when this solve was not applied or did
+    not use stitching links).
     """
     spim = load_spimdata(xml)
     solved = solve_dataset(spim, params)
@@ -164,14 +219,28 @@ def _solve(xml: str, params: SolveParams, console: Console, previous: dict | Non
     text = (f"{report['links']} links, residual RMS {report['rms']} / max {report['max']} px, "
             f"{len(report['removed_links'])} removed, {len(report['placed_by_metadata'])} by metadata; {location}")
     if keep:
-        return f"NOT APPLIED ({report['kept_previous']}); {text}", previous
-    return text, report if params.links == "stitching" else previous
+        return f"NOT APPLIED ({report['kept_previous']}); {text}", report, previous
+    return text, report, report if params.links == "stitching" else previous
+
+
+def _interest_points_failed(report: dict, max_rms: float) -> str | None:
+    """Why the first rigid solve shows that interest points did not align the tiles, or None if they did."""
+    if not report["links"]:
+        return "no pair matched"
+    if report["rms"] > max_rms:
+        return f"rigid solve residual RMS {report['rms']} px > auto_max_rms {max_rms:g} px"
+    return None
 
 
 def run_alignment(
     xml: str, params: AlignParams, cluster, backend: str, console: Console, source: str = "align parameters"
 ) -> list[tuple[str, float | None, str]]:
-    """Run the alignment stages on ``xml`` (updated in place, with backups).
+    """Run the alignment stages of ``params.strategy`` on ``xml`` (updated in place, with backups).
+
+    With ``strategy: auto``, the interest-point path runs first; if its rigid
+    solve has no links or a residual RMS above ``auto_max_rms`` (world px), the
+    registrations the run started from are restored (kept in memory) and the
+    stitching path runs instead. A ``strategy`` row says which path ran and why.
 
     A solve from stitching links (``links: stitching``) is applied only if its
     residual RMS is not above that of the previous stitching solve of this run:
@@ -183,35 +252,67 @@ def run_alignment(
     Returns
     -------
     list of (stage, seconds, result)
-        One row per stage; ``seconds`` is None for a skipped stage.
+        One row per stage (both paths' stages when auto switched paths);
+        ``seconds`` is None for a skipped stage and for the ``strategy`` row.
     """
-    stages = {name: params.stage(name, source) for name in STAGES}  # validate everything before starting
+    paths = params.paths()
+    plans = {path: {name: params.stage(name, source, path) for name in STAGES} for path in paths}  # validate first
+    start_registrations = copy.deepcopy(load_spimdata(xml).registrations) if len(paths) > 1 else None
     rows: list[tuple[str, float | None, str]] = []
-    previous = None  # report of the last applied stitching solve
-    for name, (skip, stage_params) in stages.items():
-        if skip:
-            rows.append((name, None, "skipped"))
+    for i, path in enumerate(paths):
+        decide = i + 1 < len(paths)  # auto: judge the interest points after the first rigid solve
+        previous = None  # report of the last applied stitching solve
+        failed = judged = None
+        for name, (skip, stage_params) in plans[path].items():
+            if skip:
+                rows.append((name, None, "skipped"))
+                continue
+            start = time.perf_counter()
+            with cluster.stage(name):
+                if name.startswith("stitch"):
+                    text = _stitch(xml, backend, stage_params, cluster)
+                elif name == "detect":
+                    text = detect_xml(xml, backend, stage_params, cluster).summary
+                elif name.startswith("match"):
+                    text = match_xml(xml, backend, stage_params, cluster).summary
+                else:
+                    text, report, previous = _solve(xml, stage_params, console, previous)
+            rows.append((name, time.perf_counter() - start, text))
+            console.print(f"[bold]{name}[/bold]: {text}")
+            if decide and name == "solve_rigid":
+                judged = report
+                failed = _interest_points_failed(report, params.auto_max_rms)
+                if failed:
+                    break
+        if failed:
+            spim = load_spimdata(xml)
+            spim.registrations = copy.deepcopy(start_registrations)
+            save_spimdata(spim, xml)
+            text = (f"stitching, as interest points did not align the tiles ({failed}); "
+                    "restored the registrations the run started from")
+            if console.quiet:  # say it once, where the user looks: a warning passes -q
+                log.warning("align strategy: %s", text)
+            else:
+                console.print(f"[bold]strategy[/bold]: {text}")
+            rows.append(("strategy", None, text))
             continue
-        start = time.perf_counter()
-        if name.startswith("stitch"):
-            text = _stitch(xml, backend, stage_params, cluster)
-        elif name == "detect":
-            text = detect_xml(xml, backend, stage_params, cluster).summary
-        elif name.startswith("match"):
-            text = match_xml(xml, backend, stage_params, cluster).summary
-        else:
-            text, previous = _solve(xml, stage_params, console, previous)
-        rows.append((name, time.perf_counter() - start, text))
-        console.print(f"[bold]{name}[/bold]: {text}")
+        if decide:
+            text = ("interest-points: solve_rigid skipped, nothing to judge" if judged is None else
+                    f"interest-points: the rigid solve's residual RMS {judged['rms']} px is within auto_max_rms "
+                    f"{params.auto_max_rms:g} px")
+            rows.append(("strategy", None, text))
+            console.print(f"[bold]strategy[/bold]: {text}")
+        break
     return rows
 
 
 def run(args: argparse.Namespace) -> int:
     params = align_params(args)
     source = args.params or "align parameters"
-    for name in STAGES:  # validate everything before starting workers
-        params.stage(name, source)
-    console = Console(highlight=False)
+    for path in params.paths():  # validate everything before starting workers
+        for name in STAGES:
+            params.stage(name, source, path)
+    console = Console(highlight=False, quiet=args.quiet)
     with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster:
         rows = run_alignment(args.xml, params, cluster, args.backend, console, source)
     summary = Table(title=f"align {args.xml}")

@@ -191,8 +191,9 @@ def parse_pipeline(values: dict[str, Any], source: str = "pipeline", base_folder
         where = f"{where} ({spec.key}) params"
         if spec.stage == "align":
             model = validate_params(AlignParams, spec.params, where)
-            for name in ALIGN_STAGES:  # validate every inner stage now, not half way through
-                model.stage(name, where)
+            for path in model.paths():  # validate every inner stage of every path now, not half way through
+                for name in ALIGN_STAGES:
+                    model.stage(name, where, path)
         else:
             model = validate_params(PARAMS_MODELS[spec.stage], spec.params, where)
         spec._model = model
