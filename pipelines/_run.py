@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
 from rich.console import Console
 
 from rhapso_gpu.cli.run import print_summary
@@ -85,3 +90,39 @@ def run_plan(pipeline: Pipeline, cluster, backend: str, console: Console, quiet:
     if not quiet:
         print_summary(rows, console, title)
     return rows
+
+
+def entry_point(
+    prog: str,
+    args: argparse.Namespace,
+    body: Callable[[Console], None],
+    interrupted: str,
+    stops: dict[type[BaseException], tuple[str, int]] | None = None,
+) -> int:
+    """Run ``body(console)`` as a command line; returns the exit status.
+
+    Log records go to stderr (warnings only with ``args.quiet``). A user error
+    ends with one line and status 2 (the traceback with ``args.debug``); Ctrl-C
+    prints ``interrupted`` and gives 130; ``stops`` maps further exception
+    types to their message and status (e.g. SIGTERM, 143).
+    """
+    log = logging.getLogger("rhapso_gpu")
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler(sys.stderr))
+        log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    stops = stops or {}
+    try:
+        body(Console(highlight=False, soft_wrap=True))
+        return 0
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+    except tuple(stops) as e:
+        message, status = stops[type(e)]
+        print(f"{prog}: {message}", file=sys.stderr)
+        return status

@@ -31,7 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
-from pipelines._run import describe_plan, load_plan, remote_only, run_plan
+from pipelines._run import describe_plan, entry_point, load_plan, remote_only, run_plan
 from pipelines.aws_config import (
     DASHBOARD_PORT,
     SCHEDULER_PORT,
@@ -367,28 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, cluster_class: Callable[..., Any] | None = None) -> int:
     """The command line; returns the exit status (2 for user errors, 130/143 when interrupted)."""
     args = build_parser().parse_args(argv)
-    console = Console(highlight=False, soft_wrap=True)
-    if not log.handlers:
-        log.addHandler(logging.StreamHandler(sys.stderr))
-        log.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    try:
+
+    def body(console: Console) -> None:
         config = load_cluster_config(args.cluster, args.my_ip, args.allow_public_ports)
         if args.dry_run:
             dry_run(config, args.pipeline, args.allow_public_ports, console)
-            return 0
-        run_on_aws(config, args.pipeline, args.allow_public_ports, args.backend, console, args.quiet, cluster_class)
-        return 0
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"pipelines.aws: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("pipelines.aws: interrupted; the cluster was torn down", file=sys.stderr)
-        return 130
-    except _Terminated:
-        print("pipelines.aws: terminated; the cluster was torn down", file=sys.stderr)
-        return 143
+        else:
+            run_on_aws(config, args.pipeline, args.allow_public_ports, args.backend, console, args.quiet,
+                       cluster_class)
+
+    return entry_point("pipelines.aws", args, body, "interrupted; the cluster was torn down",
+                       {_Terminated: ("terminated; the cluster was torn down", 143)})
 
 
 if __name__ == "__main__":

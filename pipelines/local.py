@@ -14,18 +14,15 @@ unchanged since the last run are skipped, an interrupted one resumes
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from dask.utils import parse_bytes
 from rich.console import Console
 
-from pipelines._run import load_plan, run_plan
+from pipelines._run import entry_point, load_plan, run_plan
 from rhapso_gpu.backend import gpu_available
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.scheduler import open_cluster
-
-log = logging.getLogger("rhapso_gpu")
 
 
 def cluster_spec() -> str:
@@ -53,11 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status (2 for user errors, 130 when interrupted)."""
     args = build_parser().parse_args(argv)
-    if not log.handlers:
-        log.addHandler(logging.StreamHandler(sys.stderr))
-        log.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    console = Console(highlight=False, soft_wrap=True)
-    try:
+
+    def body(console: Console) -> None:
         if args.workers is not None and args.workers < 1:
             raise UserError(f"--workers {args.workers}: expected at least 1")
         if args.threads_per_worker < 1:
@@ -68,19 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 raise UserError(f"--memory-limit '{args.memory_limit}': expected a size like 4GB") from None
         pipeline = load_plan(args.pipeline)
-        spec = cluster_spec()
-        with open_cluster(spec, n_workers=args.workers, threads_per_worker=args.threads_per_worker,
+        with open_cluster(cluster_spec(), n_workers=args.workers, threads_per_worker=args.threads_per_worker,
                           memory_limit=args.memory_limit, progress=False if args.quiet else None) as cluster:
             run_plan(pipeline, cluster, args.backend, console, args.quiet)
-        return 0
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"pipelines.local: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("pipelines.local: interrupted; rerun to resume", file=sys.stderr)
-        return 130
+
+    return entry_point("pipelines.local", args, body, "interrupted; rerun to resume")
 
 
 if __name__ == "__main__":
