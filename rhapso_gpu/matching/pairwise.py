@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from types import ModuleType
 
@@ -11,7 +12,8 @@ from scipy.spatial import cKDTree
 from rhapso_gpu.matching.descriptors import find_candidates
 from rhapso_gpu.matching.icp import IcpParams, icp
 from rhapso_gpu.matching.ransac import RansacParams, RansacResult, ransac, residuals
-from rhapso_gpu.models import TransformModel
+from rhapso_gpu.matching.significance import MAX_CHANCE_P, chance_log10_p
+from rhapso_gpu.models import TransformModel, transform_points
 
 OFFSET_CONSENSUS = "offset-consensus"
 """Method without descriptors: every point pair closer than ``search_radius`` proposes an offset."""
@@ -173,6 +175,10 @@ def _validated(n: int, pa, pb, ma, mb, model: TransformModel, params: RansacPara
     src, dst = pa[xp.asarray(ma)], pb[xp.asarray(mb)]
     affine = model.fit(src, dst, None, xp)
     r = residuals(affine, src, dst, xp)
+    log10_p = chance_log10_p(transform_points(_host(affine), _host(pa)), _host(pb), _host(r), params.max_epsilon)
+    if log10_p > math.log10(MAX_CHANCE_P):
+        return _failed(n, f"{ma.size} matches, no more and no closer than unrelated points at this density "
+                       f"give by chance (p = {10**log10_p:.0e})")
     return PairMatch(n, ma, mb, _host(affine), float(xp.sqrt((r * r).mean())))
 
 
