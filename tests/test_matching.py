@@ -302,3 +302,16 @@ def test_cross_validation_keeps_every_true_match(n):
     b[: n // 50] += rng.choice([-1, 1], (n // 50, 3)) * 6.0  # 2% wrong by 10.4 px
     keep = cross_validate(TransformModel("affine", "rigid", 0.1), a, b, 5.0)
     assert keep.tolist() == list(range(n // 50, n))
+
+
+def test_precise_translation_needs_a_second_candidate_within_the_search_radius():
+    """RGLDM's ratio test needs a runner-up: an A point with a single B point in range is no candidate."""
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 200, (40, 3))
+    b = a + rng.normal(0, 0.2, a.shape)  # B = A: every A point's true partner is its best descriptor match
+    wide = find_candidates(a, b, "precise-translation", search_radius=1000.0)
+    assert wide[0].size >= 30  # with every B point in range, the ratio test passes the true partners
+    # within 2 world units only the partner itself is in range (points are >> 2 apart): no runner-up
+    assert np.min(np.linalg.norm(a[:, None] - a[None], axis=-1) + 1e9 * np.eye(40)) > 4.0
+    ia, _ = find_candidates(a, b, "precise-translation", search_radius=2.0)
+    assert ia.size == 0

@@ -199,7 +199,8 @@ def candidates_exhaustive(
         best[start : start + step] = xp.where(swap, pd[:, 1], pd[:, 0])
         second[start : start + step] = xp.where(swap, pd[:, 0], pd[:, 1])
         best_b[start : start + step] = xp.where(swap, two[:, 1], two[:, 0])
-    best = xp.where(best >= 1e29, xp.inf, best)
+    # BigStitcher's RGLDM needs a second candidate: a lone B point in range passes no ratio test
+    best = xp.where((best >= 1e29) | ~(second < 1e29), xp.inf, best)
     return _ratio_pairs(xp.arange(na), best_b, best, second, significance, xp)
 
 

@@ -45,8 +45,11 @@ def knn_bruteforce(data, queries, k: int, xp: ModuleType = np):
     step = max(1, _BLOCK_ELEMENTS // max(n, 1))
     for start in range(0, m, step):
         q = queries[start : start + step]
-        # exact differences rather than |a|^2 + |b|^2 - 2ab, so that distances match the KD-tree's
-        d2 = ((q[:, None, :] - data[None, :, :]) ** 2).sum(axis=-1)
+        # exact differences rather than |a|^2 + |b|^2 - 2ab, so that distances match the KD-tree's;
+        # accumulated per coordinate, so the block holds (step, n) values, never (step, n, d)
+        d2 = xp.zeros((q.shape[0], n), dtype=xp.float64)
+        for j in range(data.shape[1]):
+            d2 += (q[:, None, j] - data[None, :, j]) ** 2
         part = xp.argpartition(d2, k - 1, axis=1)[:, :k] if k < n else xp.broadcast_to(xp.arange(n), d2.shape)
         pd = xp.take_along_axis(d2, part, axis=1)
         order = xp.argsort(pd, axis=1, kind="stable")
