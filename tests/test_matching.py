@@ -94,8 +94,13 @@ def test_rotation_invariant_descriptor_handles_large_rotations():
 
 
 def test_ransac_inliers_are_true_among_candidates_without_guided_matching():
-    """RANSAC alone (BigStitcher's flow): every inlier is true, and >= 95% of the true candidates are kept."""
-    a, b, _, truth = point_clouds(11, "rigid")
+    """RANSAC alone (BigStitcher's flow): every inlier is true, and >= 95% of the true candidates are kept.
+
+    "True" includes an unshared pair that happens to lie as close as a true one under the true transform
+    (within max_epsilon 5): no RANSAC can tell it apart (seed 11 has one, 1.09 px apart)."""
+    a, b, affine, truth = point_clouds(11, "rigid")
+    close = np.linalg.norm(transform_points(affine, a)[:, None] - b[None], axis=-1) < 5.0
+    truth = truth | set(zip(*np.nonzero(close)))
     ia, ib = find_candidates(a, b, "fast-rotation", redundancy=1, significance=3.0)
     true_candidates = {p for p in zip(ia.tolist(), ib.tolist()) if p in truth}
     result = match_points(a, b, TransformModel("rigid", "none"), DescriptorParams("fast-rotation"), guided=False)

@@ -79,22 +79,26 @@ def translation_descriptors(points_xyz, num_neighbors: int = 3, redundancy: int 
 def rotation_descriptors(points_xyz, redundancy: int = 0, xp: ModuleType = np):
     """Rotation- and translation-invariant descriptors ``(N, S, 6)`` (geometric hashing).
 
-    Degenerate subsets (a duplicate point, collinear neighbours) are NaN.
+    mpicbg's local coordinate system of a point and three neighbours ``a, b, c``
+    (nearest first): x along the farthest, ``c``; z along ``a x c`` turned
+    towards ``b``; y = z x x. The descriptor is ``(|c|, a.x, a.y, b.x, b.y, b.z)``
+    (``a.z`` is 0 by construction). Degenerate subsets (a duplicate point,
+    collinear neighbours) are NaN.
     """
     offsets = neighbour_offsets(points_xyz, 3 + redundancy, xp)
     subs = xp.asarray(subsets(3 + redundancy, 3))
     trio = offsets[:, subs, :]  # (N, S, 3, 3)
     a, b, c = trio[..., 0, :], trio[..., 1, :], trio[..., 2, :]
-    la = xp.sqrt((a**2).sum(axis=-1))
+    lc = xp.sqrt((c**2).sum(axis=-1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        x = a / la[..., None]
-        z = xp.cross(a, b)
+        x = c / lc[..., None]
+        z = xp.cross(a, x)
         lz = xp.sqrt((z**2).sum(axis=-1))
-        z = z / xp.where(lz > 1e-9 * la * la, lz, xp.nan)[..., None]
-        z = z * xp.where((c * z).sum(axis=-1) < 0, -1.0, 1.0)[..., None]
+        z = z / xp.where(lz > 1e-9 * lc, lz, xp.nan)[..., None]
+        z = z * xp.where((b * z).sum(axis=-1) < 0, -1.0, 1.0)[..., None]
         y = xp.cross(z, x)
         desc = xp.stack(
-            [la, (b * x).sum(-1), (b * y).sum(-1), (c * x).sum(-1), (c * y).sum(-1), (c * z).sum(-1)], axis=-1
+            [lc, (a * x).sum(-1), (a * y).sum(-1), (b * x).sum(-1), (b * y).sum(-1), (b * z).sum(-1)], axis=-1
         )
     return xp.where(xp.isfinite(desc).all(axis=-1, keepdims=True), desc, xp.nan)
 
