@@ -248,3 +248,43 @@ def test_the_align_shorthand_reaches_subpixel(small_dataset, tmp_path):
     assert "detect, match_rigid, solve_rigid ran" in rows["align"].result
     report = json.loads((tmp_path / "ds" / "qc.json").read_text())
     assert report["rms"] < 0.3 and len(report["per_view"]) == 4
+
+
+def test_an_edit_after_an_interrupted_fusion_is_kept(small_dataset, tmp_path):
+    """Fusion interrupted, then the XML edited and saved with backups (as BigStitcher saves): the edit is a new
+    input; the rerun does not restore the recorded state over it."""
+    shutil.copytree(small_dataset, tmp_path / "ds")
+    xml = tmp_path / "ds" / "dataset.xml"
+    stages = [*ALIGN_RIGID[:3], {"stage": "fuse", "params": {"data_type": "uint16", "chunk_size": [64, 64, 64]}}]
+    path = _write(tmp_path, {"xml": "ds/dataset.xml", "output": "out", "stages": stages})
+    _run(path)
+    state_file = tmp_path / "ds" / "dataset.xml.pipeline" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["stages"]["fuse"]["status"] = "started"  # what an interrupt in the middle of fusion leaves
+    state_file.write_text(json.dumps(state))
+    spim = load_spimdata(str(xml))
+    spim.registrations[min(spim.registrations)].insert(0, ViewTransform.from_matrix("edited by hand", np.eye(4)[:3]))
+    save_spimdata(spim, str(xml))  # backup ~1 = the state fusion started from
+    rows = _run(path)
+    assert [r.status for r in rows.values()] == ["ran"] * 4
+    assert "edited by hand" in xml.read_text()
+
+
+def test_a_deleted_interest_point_container_runs_detect_again(small_dataset, tmp_path):
+    shutil.copytree(small_dataset, tmp_path / "ds")
+    path = _write(tmp_path, {"xml": "ds/dataset.xml", "stages": ALIGN_RIGID[:2]})
+    _run(path)
+    shutil.rmtree(tmp_path / "ds" / "interestpoints.n5")
+    rows = _run(path)
+    assert [r.status for r in rows.values()] == ["ran", "ran"]
+    assert (tmp_path / "ds" / "interestpoints.n5").is_dir()
+
+
+def test_a_malformed_xml_writes_nothing(tmp_path, capsys):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.xml").write_text("<SpimData><oops></SpimData>")
+    path = _write(tmp_path, {"xml": "ds/dataset.xml", "stages": ALIGN_RIGID[:1]})
+    assert main(["run", path, "--cluster", "synchronous"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "dataset.xml: not well-formed XML" in err.splitlines()[-1], err
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["dataset.xml"]

@@ -27,8 +27,9 @@ from rich.console import Console
 
 from rhapso_gpu.backend import get_backend
 from rhapso_gpu.io import storage
+from rhapso_gpu.io.spimdata_xml import load_spimdata
 from rhapso_gpu.pipeline.schema import Pipeline
-from rhapso_gpu.pipeline.stages import StageContext, outputs_present, planned_outputs, run_stage
+from rhapso_gpu.pipeline.stages import WRITES_XML, StageContext, outputs_present, planned_outputs, run_stage
 from rhapso_gpu.pipeline.state import RunState, input_token, sha256
 
 log = logging.getLogger("rhapso_gpu")
@@ -68,18 +69,33 @@ def _put_back(state: RunState, xml: str, digest: str) -> None:
 
 
 def _chain_start(pipeline: Pipeline, state: RunState, disk_sha: str) -> str:
-    """The XML state the first stage reads: the recorded one when the XML on disk is this pipeline's own work."""
+    """The XML state the first stage reads: the recorded one when the XML on disk is this pipeline's own work.
+
+    The XML on disk is the pipeline's own work when it is a state a recorded stage read or wrote, or when an
+    interrupted stage wrote it before it could record that (its backup ``~1`` is then the state that stage
+    started from). Anything else is an edit made since the run: it is kept, and every stage runs on it.
+    """
     first = state.stages.get(pipeline.steps[0].key)
     if not first or first.get("xml") != pipeline.xml or not state.has_snapshot(first.get("xml_sha", "")):
         return disk_sha
     keys = {s.key for s in pipeline.steps}
     records = [r for name, r in state.stages.items() if name in keys]
-    produced = {r.get("out_sha") for r in records if r.get("out_xml") == pipeline.xml} | {first["xml_sha"]}
-    interrupted = any(r.get("status") == "started" for r in records)
-    if disk_sha in produced or interrupted:
+    own = {r.get("out_sha") for r in records if r.get("out_xml") == pipeline.xml}
+    own |= {r.get("xml_sha") for r in records if r.get("xml") == pipeline.xml}
+    if disk_sha in own or _written_by_interrupted_stage(pipeline.xml, records):
         return first["xml_sha"]
-    log.info("pipeline: %s changed since the last run; every stage runs again", pipeline.xml)
+    log.warning("pipeline: %s changed since the last run; every stage runs again on it", pipeline.xml)
     return disk_sha
+
+
+def _written_by_interrupted_stage(xml: str, records: list[dict]) -> bool:
+    """An interrupted stage that saves its XML (detect, match, solve, ...) saved ``xml`` before it could record
+    that: the backup ``~1`` holds the state it started from. (Stages that never write the XML are not asked,
+    so a BigStitcher save after an interrupted fusion, whose ``~1`` is fusion's input, stays an edit.)"""
+    started = {r.get("xml_sha") for r in records
+               if r.get("status") == "started" and r.get("xml") == xml and r.get("kind") in WRITES_XML}
+    backup = f"{xml}~1"
+    return bool(started) and storage.exists(backup) and sha256(storage.read_bytes(backup, what="XML backup")) in started
 
 
 def run_pipeline(pipeline: Pipeline, cluster, backend: str = "auto", console: Console | None = None,
@@ -113,6 +129,7 @@ def run_pipeline(pipeline: Pipeline, cluster, backend: str = "auto", console: Co
     """
     console = Console(quiet=True) if quiet else (console or Console(highlight=False))
     backend_name = get_backend(backend).name
+    load_spimdata(pipeline.xml)  # a missing or malformed XML is a user error before anything is written
     state = RunState.open(pipeline.xml)
     disk = storage.read_bytes(pipeline.xml, what="dataset XML")
     xml, xml_sha = pipeline.xml, _chain_start(pipeline, state, sha256(disk))

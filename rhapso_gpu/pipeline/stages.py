@@ -24,6 +24,7 @@ from rhapso_gpu.cli.split import check_output
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.fusion.run import fuse_dataset
 from rhapso_gpu.io import ome_zarr, storage
+from rhapso_gpu.io.interestpoints import container_location
 from rhapso_gpu.io.spimdata_xml import load_spimdata, save_spimdata
 from rhapso_gpu.multiscale.pyramid import build_pyramid, propose_factors
 from rhapso_gpu.pipeline.schema import Pipeline, StageSpec
@@ -73,8 +74,14 @@ class StageOutcome:
     xml: str
 
 
+WRITES_XML = frozenset({"detect", "stitch", "match", "solve", "align"})
+"""Stage kinds that save the XML they read (split writes a new XML; fuse, multiscale and qc only read it)."""
+
+
 def planned_outputs(spec: StageSpec, pipeline: Pipeline, xml: str, last_fused: str | None) -> dict[str, str]:
     """The locations a stage writes (or, for multiscale, reads), resolved; part of its fingerprint."""
+    if spec.stage == "detect":
+        return {"points": container_location(load_spimdata(xml))}
     if spec.stage == "fuse":
         return {"zarr": pipeline.resolve_output(spec.output or f"{spec.key}.ome.zarr")}
     if spec.stage == "split":
