@@ -239,3 +239,22 @@ def test_the_synth_template_validates_and_matches_the_defaults():
 
     template = Path(__file__).parents[1] / "params" / "synth.yml"
     assert load_params(SynthParams, str(template)) == SynthParams()
+
+
+def test_set_null_is_kept_and_a_bad_set_value_is_blamed_on_the_command_line(tmp_path, capsys):
+    """--set key=null means YAML's null (not "ignore me"); an error in a --set value does not name the file."""
+    from rhapso_gpu.detection import DetectParams
+    from rhapso_gpu.errors import UserError
+    from rhapso_gpu.io.params import load_params, parse_set_options
+
+    params = tmp_path / "d.yml"
+    params.write_text("sigma: 1.8\nmax_intensity: 500\n")
+    assert load_params(DetectParams, str(params)).max_intensity == 500
+    assert load_params(DetectParams, str(params), parse_set_options(["max_intensity=null"])).max_intensity is None
+    with pytest.raises(UserError, match=r"^command line: parameter 'sigma'"):
+        load_params(DetectParams, str(params), parse_set_options(["sigma=abc"]))
+    with pytest.raises(UserError, match=r"^command line: parameter 'sigma'.*got None"):
+        load_params(DetectParams, str(params), parse_set_options(["sigma="]))
+    params.write_text("sigma: abc\n")
+    with pytest.raises(UserError, match=r"d\.yml: parameter 'sigma'"):
+        load_params(DetectParams, str(params))

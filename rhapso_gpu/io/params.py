@@ -30,15 +30,21 @@ def _describe(model_cls: type[BaseModel], error: dict, source: str) -> str:
     return f"{source}: parameter '{key}': {error['msg']} (got {error.get('input')!r})"
 
 
-def validate_params(model_cls: type[M], values: dict[str, Any], source: str = "parameters") -> M:
-    """Build ``model_cls`` from a dict, turning validation errors into one-line UserErrors."""
+def validate_params(model_cls: type[M], values: dict[str, Any], source: str = "parameters",
+                    key_sources: dict[str, str] | None = None) -> M:
+    """Build ``model_cls`` from a dict, turning validation errors into one-line UserErrors.
+
+    ``source`` names where the values came from in the message; ``key_sources`` overrides it per
+    top-level key (e.g. the keys given on the command line over a parameter file).
+    """
     try:
         return model_cls.model_validate(values)
     except ValidationError as e:
         errors = e.errors()
         # a misspelled required key is also "missing": name the misspelling, with its did-you-mean, first
         first = next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
-        raise UserError(_describe(model_cls, first, source)) from None
+        where = (key_sources or {}).get(str(first["loc"][0]) if first["loc"] else "", source)
+        raise UserError(_describe(model_cls, first, where)) from None
 
 
 def read_yaml(location: str, what: str) -> Any:
@@ -60,7 +66,7 @@ def read_yaml(location: str, what: str) -> Any:
 def load_params(
     model_cls: type[M], location: str | None = None, overrides: dict[str, Any] | None = None
 ) -> M:
-    """Parameters from an optional YAML file, then command-line overrides (None values are ignored).
+    """Parameters from an optional YAML file, then command-line overrides.
 
     Parameters
     ----------
@@ -68,7 +74,8 @@ def load_params(
     location : str, optional
         YAML file (local or URL) whose top level maps parameter names to values.
     overrides : dict, optional
-        Values given on the command line; they win over the file.
+        Values given on the command line (``--set`` and the options); they win over the file. A None value
+        is kept, as YAML's ``null`` is (``--set max_intensity=null``): leave out the options not given.
     """
     values: dict[str, Any] = {}
     if location:
@@ -76,8 +83,9 @@ def load_params(
         if not isinstance(loaded, dict):
             raise UserError(f"{location}: expected a mapping of parameter names to values")
         values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return validate_params(model_cls, values, source=location or "parameters")
+    values.update(overrides or {})
+    return validate_params(model_cls, values, source=location or "command line",
+                           key_sources=dict.fromkeys(overrides or {}, "command line"))
 
 
 def parse_set_options(items: list[str] | None, option: str = "--set") -> dict[str, Any]:
