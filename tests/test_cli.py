@@ -258,3 +258,26 @@ def test_set_null_is_kept_and_a_bad_set_value_is_blamed_on_the_command_line(tmp_
     params.write_text("sigma: abc\n")
     with pytest.raises(UserError, match=r"d\.yml: parameter 'sigma'"):
         load_params(DetectParams, str(params))
+
+
+def test_quiet_commands_print_nothing(tmp_path, capsys):
+    """-q: only warnings and errors, on every command (their tables and results included)."""
+    ds, xml = tmp_path / "ds", str(tmp_path / "ds" / "dataset.xml")
+    fused = str(tmp_path / "f.ome.zarr")
+    commands = [
+        ["synth", str(ds), "--tiles", "2x1x1", "--cluster", "synchronous"],
+        ["info", xml],
+        ["detect", xml, "--cluster", "synchronous"],
+        ["match", xml, "--method", "offset-consensus", "--model", "translation", "--set", "min_inliers=5",
+         "--cluster", "synchronous"],
+        ["solve", xml, "--model", "translation"],
+        ["evaluate", xml, "--truth", str(ds / "ground_truth.json")],
+        ["stitch", xml, "--cluster", "synchronous"],
+        ["fuse", xml, fused, "--cluster", "synchronous"],
+        ["multiscale", fused, "--cluster", "synchronous"],
+        ["split", xml, "--out", str(ds / "split.xml"), "--set", "target_image_size=[64, 64, 32]",
+         "--set", "target_overlap=[16, 16, 8]"],
+    ]
+    for command in commands:
+        assert main([*command, "-q"]) == 0, command
+        assert capsys.readouterr().out == "", command

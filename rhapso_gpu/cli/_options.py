@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+
 from rhapso_gpu.errors import UserError
 
 
@@ -13,6 +15,11 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-v", "--verbose", action="count", default=0, help="more log messages")
     group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     group.add_argument("--debug", action="store_true", help="show the traceback of user errors")
+
+
+def output_console(args: argparse.Namespace, **options) -> Console:
+    """The console a command prints its tables and results on: silent with ``-q`` (warnings go to the log)."""
+    return Console(highlight=False, quiet=getattr(args, "quiet", False), **options)
 
 
 def add_compute(parser: argparse.ArgumentParser) -> None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from rich.console import Console
 from rich.table import Table
 
 from rhapso_gpu.backend import get_backend
-from rhapso_gpu.cli._options import add_common, add_compute
+from rhapso_gpu.cli._options import add_common, add_compute, output_console
 from rhapso_gpu.cli.align import AlignParams, run_alignment
 from rhapso_gpu.cli.evaluate import evaluate_xml, print_report
 from rhapso_gpu.cli.info import print_info
@@ -47,7 +46,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(highlight=False)
+    console = output_console(args)
     backend = get_backend(args.backend)
     params = synth_params(args)
     check_target(args.out)

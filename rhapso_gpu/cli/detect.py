@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rhapso_gpu.backend import get_backend
-from rhapso_gpu.cli._options import add_common, add_compute
+from rhapso_gpu.cli._options import add_common, add_compute, output_console
 from rhapso_gpu.detection import DetectionResult, DetectParams, detect_interest_points, save_interest_points
 from rhapso_gpu.io.params import load_params, parse_set_options
 from rhapso_gpu.io.spimdata import SpimData
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         cluster.stage("detect"),
     ):
         detected = detect_xml(args.xml, backend.name, params, cluster, spim)
-    console = Console(highlight=False, stderr=False)
+    console = output_console(args)
     print_summary(detected.result, params, console)
     console.print(f"wrote {detected.location} and {args.xml}")
     return 0

@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from rhapso_gpu.cli._options import add_common
+from rhapso_gpu.cli._options import add_common, output_console
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.evaluation.registration_error import ErrorReport, registration_error
 from rhapso_gpu.geometry import view_affine, view_size_xyz
@@ -65,7 +65,7 @@ def print_report(report: ErrorReport, console: Console, title: str = "registrati
 
 def run(args: argparse.Namespace) -> int:
     report = evaluate_xml(args.xml, args.truth, args.remove)
-    print_report(report, Console(highlight=False))
+    print_report(report, output_console(args))
     if args.json:
         storage.write_bytes_atomic(args.json, json.dumps(report.to_dict(), indent=1).encode())
     return 0

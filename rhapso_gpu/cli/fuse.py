@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-
 from cpu_fallback.fusion import FUSION_TYPES
-from rhapso_gpu.cli._options import add_common, add_compute, parse_triple
+from rhapso_gpu.cli._options import add_common, add_compute, output_console, parse_triple
 from rhapso_gpu.cli.multiscale import add_pyramid_options, print_pyramid, pyramid_factors
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.fusion.bdv_xml import write_fused_xml
@@ -103,7 +101,7 @@ def fuse_params(args: argparse.Namespace) -> FuseParams:
 def run(args: argparse.Namespace) -> int:
     params = fuse_params(args)
     spim = load_spimdata(args.xml)
-    console = Console(highlight=False, soft_wrap=True)
+    console = output_console(args, soft_wrap=True)
     with open_cluster(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit) as cluster:
         with cluster.stage("fuse"):
             result = fuse_dataset(spim, args.out, params, cluster, args.backend, overwrite=args.overwrite)

@@ -9,7 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from rhapso_gpu.cli._options import add_common
+from rhapso_gpu.cli._options import add_common, output_console
 from rhapso_gpu.geometry import overlapping_pairs, view_affine, view_box_world
 from rhapso_gpu.io.images import open_view_levels
 from rhapso_gpu.io.spimdata_xml import load_spimdata
@@ -28,7 +28,7 @@ def _fmt(values, digits=1) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    print_info(args.xml, images=not args.no_images, console=Console(highlight=False))
+    print_info(args.xml, images=not args.no_images, console=output_console(args))
     return 0
 
 

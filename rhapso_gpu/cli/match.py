@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from rhapso_gpu.cli._options import add_common, add_compute
+from rhapso_gpu.cli._options import add_common, add_compute, output_console
 from rhapso_gpu.io.params import load_params, parse_set_options
 from rhapso_gpu.io.spimdata import SpimData
 from rhapso_gpu.io.spimdata_xml import load_spimdata
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         cluster.stage("match"),
     ):
         matched = match_xml(args.xml, args.backend, params, cluster, spim)
-    console = Console(highlight=False)
+    console = output_console(args)
     print_results(matched.results, console, params.method)
     console.print(f"matched in {time.perf_counter() - start:.1f} s; correspondences written to interestpoints.n5")
     return 0

@@ -7,7 +7,7 @@ import logging
 
 from rich.console import Console
 
-from rhapso_gpu.cli._options import add_common, add_compute, parse_triple
+from rhapso_gpu.cli._options import add_common, add_compute, output_console, parse_triple
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.io import ome_zarr
 from rhapso_gpu.multiscale.pyramid import MIN_SIZE, PyramidResult, build_pyramid, propose_factors
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         cluster.stage("multiscale"),
     ):
         result = build_pyramid(args.zarr, factors, cluster, args.backend)
-    console = Console(highlight=False, soft_wrap=True)
+    console = output_console(args, soft_wrap=True)
     console.print(
         f"wrote {len(result.factors_xyz) - 1} pyramid level(s) in {result.seconds:.1f} s ({result.n_tasks} tasks)"
     )

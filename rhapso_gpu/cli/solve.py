@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from rhapso_gpu.cli._options import add_common
+from rhapso_gpu.cli._options import add_common, output_console
 from rhapso_gpu.io.params import load_params, parse_set_options
 from rhapso_gpu.io.spimdata_xml import load_spimdata, save_spimdata
 from rhapso_gpu.solver import SolveParams, apply_solution, build_report, report_location, solve_dataset, write_report
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     params = solve_params(args)
     start = time.perf_counter()
     report, location = solve_xml(args.xml, params, args.report)
-    console = Console(highlight=False)
+    console = output_console(args)
     print_report(report, console)
     console.print(f"solved {report['views']} views in {time.perf_counter() - start:.1f} s; "
                   f"wrote {args.xml} and {location}")

@@ -8,7 +8,7 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from rhapso_gpu.cli._options import add_common
+from rhapso_gpu.cli._options import add_common, output_console
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.io import storage
 from rhapso_gpu.io.params import load_params, parse_set_options
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.xml, args.out, args.overwrite)
     spim = load_spimdata(args.xml)
     result = split_dataset(spim, params, args.out)
-    console = Console(highlight=False)
+    console = output_console(args)
     print_summary(result, console)
     console.print(f"wrote {args.out}")
     return 0

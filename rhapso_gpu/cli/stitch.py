@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from rhapso_gpu.cli._options import add_common, add_compute
+from rhapso_gpu.cli._options import add_common, add_compute, output_console
 from rhapso_gpu.io.params import load_params, parse_set_options
 from rhapso_gpu.io.spimdata_xml import load_spimdata, save_spimdata
 from rhapso_gpu.scheduler import open_cluster
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         results = stitch_dataset(spim, params, cluster, args.backend)
     store_stitching_results(spim, results)
     save_spimdata(spim, args.xml)
-    console = Console(highlight=False)
+    console = output_console(args)
     print_results(results, console)
     console.print(f"stitched in {time.perf_counter() - start:.1f} s; results written to {args.xml}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 
 from rich.console import Console
 
-from rhapso_gpu.cli._options import add_common, add_compute, parse_triple
+from rhapso_gpu.cli._options import add_common, add_compute, output_console, parse_triple
 from rhapso_gpu.io.params import load_params
 from rhapso_gpu.scheduler import open_cluster
 from rhapso_gpu.synth.dataset import SynthParams, SynthResult, check_target, generate_dataset
@@ -90,5 +90,5 @@ def run(args: argparse.Namespace) -> int:
         cluster.stage("synth"),
     ):
         result = generate_dataset(args.out_dir, params, cluster, args.backend)
-    print_result(result, params, Console(highlight=False))
+    print_result(result, params, output_console(args))
     return 0
