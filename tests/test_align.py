@@ -65,6 +65,8 @@ def test_align_reaches_subpixel_and_the_affine_stage_is_not_worse(beads, tmp_pat
     assert names[1] == "RigidModel3D" and names[0] in (
         "RigidModel3D", "AffineModel3D regularized with an RigidModel3D, lambda = 0.1")
     report = json.loads((tmp_path / "ds" / "dataset.solve-affine.json").read_text())
+    assert report["version"] and report["parameters"]["model"] == "affine"  # the run's settings, recorded
+    assert report["parameters"]["lambda"] == 0.1
     assert report["model_selection"]["chosen"] in ("rigid", "affine")
     assert {"a", "b", "matches", "mean", "rms", "max", "removed"} <= set(report["per_link"][0])
     assert report["worst_link"]["max"] == max(x["max"] for x in report["per_link"] if not x["removed"])

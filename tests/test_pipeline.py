@@ -248,6 +248,7 @@ def test_the_align_shorthand_reaches_subpixel(small_dataset, tmp_path):
     assert "detect, match_rigid, solve_rigid ran" in rows["align"].result
     report = json.loads((tmp_path / "ds" / "qc.json").read_text())
     assert report["rms"] < 0.3 and len(report["per_view"]) == 4
+    assert report["version"] and report["parameters"]["max_rms"] == 0.3
 
 
 def test_an_edit_after_an_interrupted_fusion_is_kept(small_dataset, tmp_path):

@@ -204,7 +204,7 @@ def _solve(xml: str, params: SolveParams, console: Console, previous: dict | Non
     """
     spim = load_spimdata(xml)
     solved = solve_dataset(spim, params)
-    report = build_report(solved)
+    report = build_report(solved, params)
     keep = (params.links == "stitching" and previous is not None and report["rms"] is not None
             and report["rms"] > previous["rms"])
     report["applied"] = not keep

@@ -90,7 +90,7 @@ def solve_xml(xml: str, params: SolveParams, report_path: str | None = None) -> 
     solved = solve_dataset(spim, params)
     apply_solution(spim, solved)
     save_spimdata(spim, xml)
-    report = build_report(solved)
+    report = build_report(solved, params)
     location = write_report(report, report_path or report_location(xml, params.model))
     return report, location
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
+from rhapso_gpu import __version__
 from rhapso_gpu.cli.align import run_alignment
 from rhapso_gpu.cli.detect import detect_xml
 from rhapso_gpu.cli.evaluate import evaluate_xml, print_report
@@ -175,7 +176,8 @@ def _qc(ctx: StageContext) -> StageOutcome:
     report = evaluate_xml(ctx.xml, params.truth, params.remove)
     print_report(report, ctx.console, title=f"{ctx.spec.key}: registration error")
     if "report" in ctx.outputs:
-        summary = {"xml": ctx.xml, "truth": params.truth, "remove": report.remove, "rms": report.rms,
+        summary = {"version": __version__, "parameters": params.model_dump(mode="json"), "xml": ctx.xml,
+                   "truth": params.truth, "remove": report.remove, "rms": report.rms,
                    "max": report.max, "per_view": {str(v): {"rms": e.rms, "max": e.max}
                                                    for v, e in sorted(report.per_view.items())}}
         storage.write_bytes_atomic(ctx.outputs["report"], json.dumps(summary, indent=1).encode())

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from pydantic import BaseModel
 
+from rhapso_gpu import __version__
 from rhapso_gpu.io import storage
 from rhapso_gpu.solver.dataset import DatasetSolve, transform_name
 from rhapso_gpu.solver.global_opt import tile_errors
@@ -20,8 +22,9 @@ def _round(x: float) -> float | None:
     return None if not np.isfinite(x) else round(float(x), 4)
 
 
-def build_report(solved: DatasetSolve) -> dict:
-    """The report as a JSON-ready dict (see the module docstring)."""
+def build_report(solved: DatasetSolve, params: BaseModel | None = None) -> dict:
+    """The report as a JSON-ready dict (see the module docstring), headed by the package version and, when
+    given, the solve's parameters (so the report says how it was made)."""
     opt, name = solved.optimum, solved.tile_name
     graph = opt.graph
     keep = ~opt.removed
@@ -46,6 +49,8 @@ def build_report(solved: DatasetSolve) -> dict:
     finite = [t for t in tiles if t["mean"] is not None]
     d_kept = dist[np.repeat(keep, np.diff(graph.offsets))]
     return {
+        "version": __version__,
+        "parameters": None if params is None else params.model_dump(mode="json", by_alias=True),
         "model": transform_name(solved.model),
         "views": len(solved.views),
         "fixed_views": [str(v) for v in solved.fixed],
