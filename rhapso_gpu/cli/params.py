@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import yaml
 from rich.console import Console
@@ -26,15 +27,27 @@ def add_parser(sub) -> None:
         "applicable with the reason. The result is validated before it is written.",
     )
     c.add_argument("files", nargs="+", metavar="FILE.yml", help="Rhapso parameter file(s) (local or URL)")
-    c.add_argument("--out", metavar="PIPELINE.yml", help="write the pipeline here (default: print it)")
+    c.add_argument("--out", metavar="PIPELINE.yml",
+                   help="write the pipeline here (default: print it); not one of the inputs. Relative paths, "
+                   "which Rhapso reads from the working directory, are rewritten to point at the same place "
+                   "from this file")
     c.add_argument("--xml", help="the XML to process (default: Rhapso's first input XML)")
     add_common(c)
     c.set_defaults(run=run)
 
 
-def read_rhapso(files: list[str]) -> dict:
-    """The merged mapping of Rhapso YAML files (a key given twice with different values is an error)."""
+def read_rhapso(files: list[str], sources: dict | None = None) -> dict:
+    """The merged mapping of Rhapso YAML files (a key given twice with different values is an error).
+
+    Parameters
+    ----------
+    files : list of str
+        Rhapso parameter files (local or URL).
+    sources : dict, optional
+        Filled with the file each key was read from (for messages).
+    """
     merged: dict = {}
+    sources = {} if sources is None else sources
     for location in files:
         values = read_yaml(location, "Rhapso parameter file")
         if not isinstance(values, dict):
@@ -43,7 +56,24 @@ def read_rhapso(files: list[str]) -> dict:
             if key in merged and merged[key] != value:
                 raise UserError(f"{location}: '{key}' is {value!r} here but {merged[key]!r} in an earlier file")
             merged[key] = value
+            sources.setdefault(str(key), location)
     return merged
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True when two locations name the same file (symbolic and hard links included)."""
+    if storage.is_remote(a) or storage.is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    a, b = (os.path.realpath(os.path.expanduser(p)) for p in (a, b))
+    return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
+def refuse_inputs(out: str, inputs: list[str]) -> None:
+    """Raise a :class:`UserError` when ``out`` is one of the ``inputs`` (inputs are never overwritten)."""
+    for location in inputs:
+        if _same_file(out, location):
+            raise UserError(f"--out {out}: is the input {location}; inputs are never overwritten, "
+                            "choose another --out")
 
 
 def _inline(value) -> str:
@@ -64,11 +94,16 @@ def run(args: argparse.Namespace) -> int:
     from rhapso_gpu.pipeline import parse_pipeline
     from rhapso_gpu.pipeline.from_rhapso import convert_rhapso
 
-    conversion = convert_rhapso(read_rhapso(args.files), args.xml)
+    if args.out:
+        refuse_inputs(args.out, args.files)
+    sources: dict = {}
+    values = read_rhapso(args.files, sources)
+    folder = storage.parent(args.out) if args.out else "."
+    conversion = convert_rhapso(values, args.xml, sources, folder)
     text = render(conversion.pipeline, conversion.notes, args.files)
-    where = args.out or "converted pipeline"
-    base = storage.parent(args.out) if args.out else "."
-    parse_pipeline(yaml.safe_load(text), where, base)  # what we write must load
+    pipeline = parse_pipeline(yaml.safe_load(text), f"pipeline converted from {', '.join(args.files)}", folder)
+    if args.out:  # what we write must load, and must not replace the XML it works on
+        refuse_inputs(args.out, [pipeline.xml])
     console = Console(highlight=False, quiet=args.quiet)
     if not args.out:
         print(text, end="")
