@@ -3,9 +3,14 @@
 import numpy as np
 import pytest
 
+from rhapso_gpu.io.params import validate_params
+from rhapso_gpu.io.spimdata import ViewId
+from rhapso_gpu.matching.grouping import PointSet
 from rhapso_gpu.matching.pairwise import DescriptorParams, match_offsets, match_points
+from rhapso_gpu.matching.params import MatchParams
 from rhapso_gpu.matching.ransac import RansacParams
 from rhapso_gpu.matching.significance import MAX_CHANCE_P, chance_log10_p
+from rhapso_gpu.matching.views import match_pair
 from rhapso_gpu.models import TransformModel
 
 RIGID = TransformModel("rigid", "none")
@@ -65,3 +70,31 @@ def test_chance_probability_known_answers():
     log10_p = chance_log10_p(a[:10], b, np.full(10, 0.3), 5.0)
     assert log10_p < np.log10(MAX_CHANCE_P)
     assert chance_log10_p(a, b, np.zeros(0), 5.0) == 0.0
+
+
+def _point_set(setup, world_xyz):
+    n = len(world_xyz)
+    return PointSet((ViewId(0, setup),), "beads", np.zeros(n, np.int64), np.arange(n, dtype=np.uint64), world_xyz)
+
+
+def test_icp_method_refuses_unrelated_clouds_and_matches_a_genuine_pair():
+    rng = np.random.default_rng(5)
+    params = validate_params(MatchParams, {"method": "icp", "model": "rigid", "min_inliers": 5})
+    a, b = _clouds(rng, 400)
+    rows = np.arange(400)
+    refused = match_pair(_point_set(0, a), _point_set(1, b), rows, rows, params).match
+    assert not refused.ok and "chance" in refused.reason, refused.reason
+    shifted = a + [1.0, -0.5, 0.7] + rng.normal(0, 0.2, a.shape)
+    genuine = match_pair(_point_set(0, a), _point_set(1, shifted), rows, rows, params).match
+    assert genuine.ok and genuine.index_a.size > 350 and genuine.inlier_ratio <= 1.0
+
+
+def test_inlier_ratio_is_ransacs_share_of_the_candidates():
+    """Guided matching adds matches beyond RANSAC's inliers; the reported ratio stays RANSAC's (<= 1)."""
+    rng = np.random.default_rng(2)
+    a = rng.uniform(0, 200, (400, 3))
+    b = a + [2.0, 1.0, -1.0] + rng.normal(0, 0.2, a.shape)
+    result = match_points(a, b, RIGID, DescriptorParams("fast-translation"), RansacParams(), 0)
+    assert result.ok and 0 < result.ransac_inliers <= result.candidates
+    assert result.inlier_ratio == result.ransac_inliers / result.candidates <= 1.0
+    assert result.index_a.size >= result.ransac_inliers  # guided matching only adds

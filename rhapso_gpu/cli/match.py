@@ -68,13 +68,15 @@ def _labels(r: PairResult) -> str:
 def print_results(results: list[PairResult], console: Console, method: str) -> None:
     """The per-pair summary table and the failed pairs with their reasons.
 
-    ``method`` is the requested method, to count the pairs its fallback matched. ``links`` counts the pairs of views that received correspondences
+    ``method`` is the requested method, to count the pairs its fallback matched. ``inliers`` and ``ratio``
+    are RANSAC's (of the candidates), ``matches`` the correspondences stored after guided matching and
+    cross-validation. ``links`` counts the pairs of views that received correspondences
     (more than one when groups are matched); the ``method`` column is the method that
     matched the pair (the fallback where the descriptors failed).
     """
     table = Table(title="pairwise matching (views as timepoint/setup; distances in world units)")
     for col, justify in (("pair", "left"), ("label", "left"), ("points", "right"), ("cand.", "right"),
-                         ("inliers", "right"), ("ratio", "right"), ("RMS", "right"), ("links", "right"),
+                         ("inliers", "right"), ("ratio", "right"), ("matches", "right"), ("RMS", "right"), ("links", "right"),
                          ("method", "left")):
         table.add_column(col, justify=justify, no_wrap=True)
     for r in results:
@@ -85,8 +87,9 @@ def print_results(results: list[PairResult], console: Console, method: str) -> N
             _labels(r),
             f"{r.points_a}/{r.points_b}",
             str(m.candidates),
-            str(m.index_a.size) if ok else "[red]failed[/red]",
+            str(m.ransac_inliers) if ok else "[red]failed[/red]",
             f"{m.inlier_ratio:.2f}" if ok else "",
+            str(m.index_a.size) if ok else "",
             f"{m.rms:.3f}" if ok else "",
             str(len(r.links)) if ok else "",
             r.method if ok else "",

@@ -63,13 +63,15 @@ class PairMatch:
     candidates : int
         Correspondence candidates from the descriptors.
     index_a, index_b : ndarray of int64
-        Matched rows of A and B (empty on failure).
+        Matched rows of A and B (empty on failure): the RANSAC inliers, extended by guided matching.
     model : ndarray (3, 4) or None
         Affine mapping A's world points onto B's.
     rms : float
         RMS distance ``|model(a) - b|`` over the matches, world units (NaN on failure).
     reason : str or None
         Why the pair failed; None when it matched.
+    ransac_inliers : int
+        Candidates RANSAC kept as inliers (0 on failure); :attr:`inlier_ratio` is their share.
     """
 
     candidates: int
@@ -78,6 +80,7 @@ class PairMatch:
     model: np.ndarray | None
     rms: float
     reason: str | None = None
+    ransac_inliers: int = 0
 
     @property
     def ok(self) -> bool:
@@ -86,8 +89,8 @@ class PairMatch:
 
     @property
     def inlier_ratio(self) -> float:
-        """Matches per candidate."""
-        return self.index_a.size / self.candidates if self.candidates else 0.0
+        """RANSAC inliers per candidate (at most 1; BigStitcher's inlier ratio)."""
+        return self.ransac_inliers / self.candidates if self.candidates else 0.0
 
 
 def consistent(index_a: np.ndarray, index_b: np.ndarray) -> np.ndarray:
@@ -164,7 +167,7 @@ def _host(a) -> np.ndarray:
     return np.asarray(a.get() if hasattr(a, "get") else a)
 
 
-def _validated(n: int, pa, pb, ma, mb, model: TransformModel, params: RansacParams, xp) -> PairMatch:
+def _validated(n: int, pa, pb, ma, mb, model: TransformModel, params: RansacParams, xp, inliers: int) -> PairMatch:
     """The pair's result after :func:`cross_validate`: refit on the kept matches, or the failure."""
     need = max(model.min_matches, params.min_inliers)
     keep = cross_validate(model, pa[xp.asarray(ma)], pb[xp.asarray(mb)], params.max_epsilon, xp)
@@ -179,7 +182,7 @@ def _validated(n: int, pa, pb, ma, mb, model: TransformModel, params: RansacPara
     if log10_p > math.log10(MAX_CHANCE_P):
         return _failed(n, f"{ma.size} matches, no more and no closer than unrelated points at this density "
                        f"give by chance (p = {10**log10_p:.0e})")
-    return PairMatch(n, ma, mb, _host(affine), float(xp.sqrt((r * r).mean())))
+    return PairMatch(n, ma, mb, _host(affine), float(xp.sqrt((r * r).mean())), ransac_inliers=inliers)
 
 
 def _failed(candidates: int, reason: str) -> PairMatch:
@@ -248,7 +251,7 @@ def match_candidates(
         )
         if g_affine is not None and ga.size >= ma.size:
             ma, mb = ga, gb
-    return _validated(n, pa, pb, ma, mb, model, ransac_params, xp)
+    return _validated(n, pa, pb, ma, mb, model, ransac_params, xp, int(result.inliers.size))
 
 
 def match_points(
@@ -353,4 +356,4 @@ def match_offsets(
     ga, gb, affine = icp(pa, pb, model, shift.model, IcpParams(ransac_params.max_epsilon, 20), ransac_params, seed, xp)
     if affine is None:
         return _failed(n, f"{ga.size} mutual nearest neighbours under the consensus offset, fewer than {need}")
-    return _validated(n, xp.asarray(pa), xp.asarray(pb), ga, gb, model, ransac_params, xp)
+    return _validated(n, xp.asarray(pa), xp.asarray(pb), ga, gb, model, ransac_params, xp, int(shift.inliers.size))

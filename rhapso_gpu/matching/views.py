@@ -11,6 +11,7 @@ views with the original point ids.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import dask
@@ -27,6 +28,7 @@ from rhapso_gpu.matching.grouping import Group, PointSet, pool, split_matches, v
 from rhapso_gpu.matching.icp import icp
 from rhapso_gpu.matching.pairwise import OFFSET_CONSENSUS, PairMatch, match_offsets, match_points
 from rhapso_gpu.matching.params import MatchParams
+from rhapso_gpu.matching.significance import MAX_CHANCE_P, chance_log10_p
 
 
 @dataclass
@@ -181,9 +183,12 @@ def _icp_result(pa, pb, ia, ib, affine, params: MatchParams) -> PairMatch:
     if affine is None:
         need = max(params.transform_model().min_matches, params.min_inliers)
         return PairMatch(n, empty, empty, None, float("nan"), f"icp: {n} assignments, fewer than the {need} required")
-    moved = apply_affine(affine, pa[ia])
-    rms = float(np.sqrt(((moved - pb[ib]) ** 2).sum(axis=1).mean()))
-    return PairMatch(n, ia, ib, affine, rms)
+    distance = np.linalg.norm(apply_affine(affine, pa[ia]) - pb[ib], axis=1)
+    log10_p = chance_log10_p(apply_affine(affine, pa), pb, distance, params.icp_max_distance)
+    if log10_p > math.log10(MAX_CHANCE_P):
+        return PairMatch(n, empty, empty, None, float("nan"), f"icp: {n} assignments, no more and no closer than "
+                         f"unrelated points at this density give by chance (p = {10**log10_p:.0e})")
+    return PairMatch(n, ia, ib, affine, float(np.sqrt((distance**2).mean())), ransac_inliers=n)
 
 
 def match_dataset(spim: SpimData, params: MatchParams, cluster, backend: str = "numpy") -> list[PairResult]:
