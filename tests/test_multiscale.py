@@ -89,7 +89,8 @@ def test_metadata_validates_with_half_voxel_translations(tmp_path, cluster, ngff
         np.testing.assert_allclose(translation.translation, [0, 0, *(0.5 * (f_zyx - 1) * voxel_zyx)])
     info = ome_zarr.read_multiscale_info(location)
     assert info.factors_xyz == [(1, 1, 1), (2, 2, 1), (4, 4, 2)] and info.origin_xyz == (10.0, -4.0, 3.0)
-    assert group.attrs["rhapso-gpu"] == {"x": 1}
+    written = group.attrs["rhapso-gpu"]  # the container's attributes are kept; the pyramid adds its record
+    assert written["x"] == 1 and written["multiscale"]["relative_factors_xyz"] == [[2, 2, 1], [2, 2, 2]]
 
 
 def test_rebuilding_replaces_the_old_levels(tmp_path, cluster):
@@ -156,3 +157,7 @@ def test_fuse_with_multiscale_on_the_command_line(tmp_path, capsys):
     assert main(["multiscale", str(out), "--factors", "2x2x2", *common]) == 0
     assert sorted(zarr.open_group(str(out), mode="r").array_keys()) == ["0", "1"]
     assert ome_zarr.read_multiscale_info(str(out)).factors_xyz == [(1, 1, 1), (2, 2, 2)]
+    written = zarr.open_group(str(out), mode="r").attrs["rhapso-gpu"]
+    assert written["multiscale"]["relative_factors_xyz"] == [[2, 2, 2]] and written["multiscale"]["version"]
+    # the fuse stage still recognises its own (complete) container after the pyramid's record was added
+    assert main(argv) == 0

@@ -314,7 +314,7 @@ def _prepare_container(
     """Create the container, or check an existing one; return ``(complete, keys of finished blocks)``."""
     existing = ome_zarr.container_attributes(location, storage_options)
     if existing is not None and not overwrite:
-        recorded = {k: v for k, v in existing.items() if k not in ("complete", "version")}
+        recorded = {k: v for k, v in existing.items() if k not in ("complete", "version", "multiscale")}
         if recorded != plan.attributes:
             raise UserError(
                 f"{location}: exists and was fused from other inputs or parameters; "

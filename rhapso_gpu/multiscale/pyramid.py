@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
+from rhapso_gpu import __version__
 from rhapso_gpu.backend import downsample_mean, get_backend
 from rhapso_gpu.errors import UserError
 from rhapso_gpu.geometry import propose_mipmap_factors
@@ -143,4 +144,8 @@ def build_pyramid(
         shapes.append(shape)
         log.info("multiscale: level %d %s (xyz) factors %s", level, "x".join(map(str, shape[::-1])), factors_xyz[-1])
     ome_zarr.write_multiscale_metadata(location, dataclasses.replace(info, factors_xyz=factors_xyz), storage_options)
+    ome_zarr.update_attributes(location, {"multiscale": {"version": __version__, "backend": backend.name,
+                                                         "relative_factors_xyz": [list(map(int, f)) for f in
+                                                                                  relative_factors_xyz]}},
+                               storage_options)
     return PyramidResult(factors_xyz, shapes, n_tasks, time.perf_counter() - start)
