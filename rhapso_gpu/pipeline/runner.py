@@ -145,7 +145,7 @@ def run_pipeline(pipeline: Pipeline, cluster, backend: str = "auto", console: Co
         tok = input_token(spec.stage, params, xml, xml_sha, previous, {"outputs": outputs})
         record = state.stages.get(spec.key)
         if (not running and record and record.get("status") == "done" and record.get("input_token") == tok
-                and state.has_snapshot(record["out_sha"]) and outputs_present(spec, outputs)):
+                and state.has_snapshot(record["out_sha"]) and outputs_present(spec, outputs, xml)):
             results.append(StageResult(spec.key, spec.stage, "skipped", None, f"unchanged ({record['result']})"))
             log.info("pipeline: %s skipped: unchanged since %s", spec.key, record.get("time"))
         else:

@@ -80,9 +80,10 @@ WRITES_XML = frozenset({"detect", "stitch", "match", "solve", "align"})
 
 
 def planned_outputs(spec: StageSpec, pipeline: Pipeline, xml: str, last_fused: str | None) -> dict[str, str]:
-    """The locations a stage writes (or, for multiscale, reads), resolved; part of its fingerprint."""
-    if spec.stage == "detect":
-        return {"points": container_location(load_spimdata(xml))}
+    """The locations a stage writes (or, for multiscale, reads), resolved; part of its fingerprint.
+
+    Reads nothing (a dry run prints them without contacting storage).
+    """
     if spec.stage == "fuse":
         return {"zarr": pipeline.resolve_output(spec.output or f"{spec.key}.ome.zarr")}
     if spec.stage == "split":
@@ -98,10 +99,13 @@ def planned_outputs(spec: StageSpec, pipeline: Pipeline, xml: str, last_fused: s
     return {}
 
 
-def outputs_present(spec: StageSpec, outputs: dict[str, str]) -> bool:
-    """True when the outputs a finished stage left are still there (a fused container still complete)."""
+def outputs_present(spec: StageSpec, outputs: dict[str, str], xml: str) -> bool:
+    """True when the outputs a finished stage left are still there (a fused container still complete, the
+    interest points of a detection still in the container the XML names)."""
     if spec.stage == "fuse":
         return bool((ome_zarr.container_attributes(outputs["zarr"]) or {}).get("complete"))
+    if spec.stage == "detect" and not storage.exists(container_location(load_spimdata(xml))):
+        return False
     return all(storage.exists(location) for location in outputs.values())
 
 
