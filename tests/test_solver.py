@@ -6,13 +6,17 @@ coordinates under the inverse of its (unknown) error, so the exact solution
 is that error with the fixed tile's held at the identity.
 """
 
+import time
+import tracemalloc
+
 import numpy as np
 import pytest
 
+from rhapso_gpu.geometry import box_corners
 from rhapso_gpu.models import TransformModel
 from rhapso_gpu.solver import MatchGraph, SolverSettings, optimize
-from rhapso_gpu.solver.global_opt import MIN_MAX_ERROR, not_converged
-from rhapso_gpu.solver.linear import IDENTITY, _rotation, virtual_points
+from rhapso_gpu.solver.global_opt import MIN_MAX_ERROR, components, not_converged, overlapping_box_pairs, weak_links
+from rhapso_gpu.solver.linear import IDENTITY, _rotation, _rotation_curvature, virtual_points
 
 SPACING = np.array([100.0, 100.0, 60.0])
 """Nominal tile spacing (world px, xyz)."""
@@ -319,3 +323,166 @@ def test_select_model_counts_a_stitching_shift_as_three_observations():
     assert chosen["observations"] == 3 * grid.n_links and chosen["dof"] <= 0 and chosen["chosen"] == "rigid", chosen
     per_corner = _stitching_like(grid, None, noise=0.3)  # the same shifts, each corner counted as a match
     assert _select(per_corner)["chosen"] == "affine"
+
+
+def _weak_links_all_pairs(models, groups, boxes, pairs):
+    """Reference: the weak links as first written, every candidate pair tested in turn."""
+    links = []
+    for a, b in pairs:
+        if groups[a] == groups[b]:
+            continue
+        lo, hi = np.maximum(boxes[a, 0], boxes[b, 0]), np.minimum(boxes[a, 1], boxes[b, 1])
+        if np.any(lo > hi):
+            continue
+        corners = box_corners(lo, hi)
+        pa = corners @ models[a, :, :3].T + models[a, :, 3]
+        pb = corners @ models[b, :, :3].T + models[b, :, 3]
+        links.append((int(groups[a]), int(groups[b]), pa, pb, np.ones(8)))
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    return MatchGraph.from_links(n_groups, links, weak=[True] * len(links))
+
+
+def _random_boxes(n, rng, integer=True):
+    lo = rng.integers(0, 40, (n, 3)).astype(float) if integer else rng.uniform(0, 40, (n, 3))
+    return np.stack([lo, lo + rng.integers(0, 8, (n, 3))], axis=1)  # integer corners: many boxes just touch
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_overlap_sweep_finds_exactly_the_overlapping_pairs(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    boxes = _random_boxes(n, rng)
+    boxes[7, 1, seed] = boxes[7, 0, seed] - 1  # empty along one axis: overlaps nothing
+    classes = rng.integers(0, 3, n)
+    lo, hi = boxes[:, 0], boxes[:, 1]
+    over = np.all(np.maximum(lo[:, None], lo[None]) <= np.minimum(hi[:, None], hi[None]), axis=2)
+    over &= np.triu(np.ones((n, n), bool), 1)
+    for cls in (None, classes):
+        want = over & (True if cls is None else cls[:, None] == cls[None])
+        for chunk in (1, 97, 1 << 20):  # chunks of one rank up to all at once
+            a, b = overlapping_box_pairs(boxes, cls, chunk=chunk)
+            np.testing.assert_array_equal(np.stack([a, b], 1), np.argwhere(want))  # a < b, sorted
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weak_links_from_the_sweep_equal_those_of_all_pairs(seed):
+    rng = np.random.default_rng(seed)
+    n = 120
+    boxes = _random_boxes(n, rng, integer=seed == 0)
+    groups = components(n, *np.sort(rng.integers(0, n, (2, 60)), axis=0))
+    models = np.repeat(IDENTITY[None], n, axis=0)
+    models[:, :, :3] = _rotation(rng.normal(0, 0.1, (n, 3)))
+    models[:, :, 3] = rng.normal(0, 5, (n, 3))
+    classes = rng.integers(0, 2, n)
+    every = [(a, b) for a in range(n) for b in range(a + 1, n)]
+    same = [(a, b) for a, b in every if classes[a] == classes[b]]
+    for cls, pairs in ((None, every), (classes, same)):
+        want = _weak_links_all_pairs(models, groups, boxes, pairs)
+        for got in (weak_links(models, groups, boxes, classes=cls), weak_links(models, groups, boxes, pairs)):
+            assert got.n_tiles == want.n_tiles and got.n_links == want.n_links > 0
+            for name in ("link_a", "link_b", "offsets", "weights", "weak", "observations"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+            np.testing.assert_allclose(got.points_a, want.points_a, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(got.points_b, want.points_b, rtol=0, atol=1e-12)
+
+
+def test_weak_link_candidates_of_a_large_grid_grow_linearly():
+    """3,000 tiles with metadata boxes: only the truly overlapping pairs are built, not n^2 / 2 = 4.5 M."""
+    shape = (15, 20, 10)
+    nx, ny, nz = shape
+    origins = np.array([[i, j, k] for k in range(nz) for j in range(ny) for i in range(nx)], float) * SPACING
+    n = len(origins)
+    boxes = np.stack([origins, origins + SIZE - 1], axis=1)  # each overlaps its 26 neighbours
+    # pairs of grid cells at most one step apart along every axis
+    overlapping = sum(
+        (nx - abs(dx)) * (ny - abs(dy)) * (nz - abs(dz))
+        for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1) if (dx, dy, dz) != (0, 0, 0)
+    ) // 2
+    tracemalloc.start()
+    start = time.perf_counter()
+    a, b = overlapping_box_pairs(boxes)
+    seconds = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(a) == overlapping < 13 * n  # linear in n
+    assert np.all(np.abs(origins[a] - origins[b]) <= SPACING)
+    assert seconds < 5 and peak < 20e6, (seconds, peak)
+
+    # a solve whose round 1 leaves every row of tiles (links along x only) floating but the first
+    rng = np.random.default_rng(0)
+    row = (np.arange(n - 1) // nx == np.arange(1, n) // nx)
+    ta, tb = np.arange(n - 1)[row], np.arange(1, n)[row]
+    links = []
+    for x, y in zip(ta, tb, strict=True):
+        world = rng.uniform(origins[y], origins[x] + SIZE, (4, 3))
+        links.append((x, y, world, world, np.ones(4)))
+    graph = MatchGraph.from_links(n, links)
+    tracemalloc.start()
+    opt = optimize(graph, _fixed(n), SolverSettings(TransformModel("translation", "none", 0.0), link_removal=False),
+                   boxes)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert opt.groups.max() + 1 == ny * nz
+    crossing = int((opt.groups[a] != opt.groups[b]).sum())
+    assert len(opt.placed_by_metadata) == n - nx and opt.unplaced == []
+    assert len(opt.weak.weights) == 8 * crossing  # 8 corners per overlapping pair of tiles in two groups
+    np.testing.assert_allclose(opt.models, np.repeat(IDENTITY[None], n, axis=0), atol=1e-6)
+    assert peak < 200e6, peak
+
+
+def test_rotation_curvature_is_clipped_to_positive_semidefinite():
+    """The rotations' second-order term of an indefinite input loses its negative eigenvalues."""
+    rng = np.random.default_rng(3)
+    f = 50
+    models = np.repeat(IDENTITY[None], f, axis=0)
+    models[:, :, :3] = _rotation(rng.normal(0, 0.2, (f, 3)))
+    models[:, :, 3] = rng.normal(0, 50, (f, 3))
+    centers = rng.normal(0, 50, (f, 3))
+    gradient = rng.normal(0, 10, (f, 12))
+    # the unclipped term, as in its docstring: H = sym(S G^T) - tr(G^T S) I
+    shifted = models.copy()
+    shifted[:, :, 3] -= centers
+    g = np.swapaxes(gradient.reshape(f, 4, 3), 1, 2)
+    sg = shifted @ np.swapaxes(g, 1, 2)
+    h = 0.5 * (sg + np.swapaxes(sg, 1, 2)) - np.trace(sg, axis1=1, axis2=2)[:, None, None] * np.eye(3)
+    lam = np.linalg.eigvalsh(h)
+    assert (lam.min(axis=1) < -1e-3 * np.abs(lam).max(axis=1)).sum() > f // 4  # indefinite for many tiles
+    raw = _rotation_curvature(models, centers, gradient).toarray()  # Newton's own term: unclipped
+    np.testing.assert_allclose(np.array([raw[6 * t: 6 * t + 3, 6 * t: 6 * t + 3] for t in range(f)]), h, atol=1e-12)
+    curvature = _rotation_curvature(models, centers, gradient, clip=True).toarray()
+    np.testing.assert_allclose(curvature, curvature.T, atol=1e-9)
+    blocks = np.array([curvature[6 * t: 6 * t + 3, 6 * t: 6 * t + 3] for t in range(f)])
+    clipped = np.linalg.eigvalsh(blocks)
+    scale = np.abs(lam).max()
+    assert clipped.min() >= -1e-9 * scale
+    # the positive part is kept
+    np.testing.assert_allclose(clipped, np.clip(lam, 0, None), atol=1e-9 * scale)
+    assert np.linalg.eigvalsh(curvature).min() >= -1e-9 * scale
+
+
+def test_conjugate_gradients_stop_at_negative_curvature():
+    """An indefinite Newton matrix is given up at once (then clipped), not after CG_TRY_MAXITER iterations."""
+    import scipy.sparse as sp
+
+    from rhapso_gpu.solver import linear
+
+    rng = np.random.default_rng(0)
+    n = 600
+    lam = np.concatenate([rng.uniform(1, 100, n - 6), -rng.uniform(1, 10, 6)])
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    a = sp.csr_matrix((q * lam) @ q.T)
+    b = rng.normal(size=n)
+    steps = []
+
+    def precond(r):
+        steps.append(1)
+        return r
+
+    x, converged = linear._pcg(a, b, np.zeros(n), precond, linear.CG_TRY_MAXITER)
+    assert not converged and len(steps) < 100, len(steps)
+    with pytest.raises(RuntimeError):
+        linear.factorize(a, 6, exact_fallback=False, direct_max=0)(b)
+    # positive definite: unchanged
+    spd = sp.csr_matrix((q * np.abs(lam)) @ q.T)
+    x, converged = linear._pcg(spd, b, np.zeros(n), lambda r: r, linear.CG_TRY_MAXITER)
+    assert converged and np.abs(spd @ x - b).max() < 1e-9 * np.abs(b).max()

@@ -158,17 +158,17 @@ def solve_dataset(spim: SpimData, params: SolveParams, views: list[ViewId] | Non
     view_boxes = {v: np.stack(view_box_world(spim, v)) for v in views}
     boxes = np.array([[np.min([view_boxes[v][0] for v in t], axis=0), np.max([view_boxes[v][1] for v in t], axis=0)]
                       for t in tiles])
-    same_tp = params.timepoints == "individually"
-    pairs = [(i, j) for i in range(len(tiles)) for j in range(i + 1, len(tiles))
-             if not same_tp or tiles[i][0].timepoint == tiles[j][0].timepoint]
+    # weak links (round 2) only between tiles of one time point, when treated individually; the
+    # overlapping pairs are found by a sweep, and only if round 1 leaves a group without a fixed tile
+    classes = np.array([t[0].timepoint for t in tiles]) if params.timepoints == "individually" else None
     fixed_mask = np.zeros(len(tiles), bool)
     fixed_mask[[tile_of[v] for v in fixed]] = True
     settings = params.settings()
-    optimum = optimize(graph, fixed_mask, settings, boxes, pairs)
+    optimum = optimize(graph, fixed_mask, settings, boxes, weak_classes=classes)
     solved = DatasetSolve(views, fixed, optimum, params.transform_model(), tiles=tiles)
     if params.select_model and params.model == "affine":
         rigid = replace(settings, model=TransformModel("rigid", "none", 0.0))
-        rigid_optimum = optimize(graph, fixed_mask, rigid, boxes, pairs)
+        rigid_optimum = optimize(graph, fixed_mask, rigid, boxes, weak_classes=classes)
         solved.selection = select_model(optimum, rigid_optimum, params.select_p)
         if solved.selection["chosen"] == "rigid":
             solved = DatasetSolve(views, fixed, rigid_optimum, rigid.model, solved.selection, tiles)

@@ -283,33 +283,125 @@ def _round_one(graph: MatchGraph, fixed: np.ndarray, settings: SolverSettings, o
     return models
 
 
-def weak_links(models: np.ndarray, groups: np.ndarray, boxes: np.ndarray, pairs) -> MatchGraph:
+def overlapping_box_pairs(boxes: np.ndarray, classes: np.ndarray | None = None,
+                          chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of tiles whose boxes overlap (touching counts), ``a < b``, sorted.
+
+    The sweep of :func:`rhapso_gpu.geometry.overlapping_pairs`, on boxes given
+    as an array (that one reads views' boxes from a dataset): sorted by their
+    lower bound along the axis that leaves the fewest candidates, each box is
+    tested only against the boxes that start before it ends, in chunks of at
+    most about ``chunk`` candidates. Cost O(n log n + c) for ``c`` candidate
+    pairs along the sweep axis, memory O(n + chunk + k) for ``k`` overlapping pairs.
+
+    Parameters
+    ----------
+    boxes : ndarray (n, 2, 3)
+        Boxes (min, max; xyz).
+    classes : ndarray (n,), optional
+        Pair only tiles of the same class (e.g. time point).
+
+    Returns
+    -------
+    a, b : ndarray of int64 (k,)
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 2, 3)
+    # a box empty along an axis (min > max, or NaN) overlaps nothing
+    valid = np.flatnonzero(np.all(boxes[:, 0] <= boxes[:, 1], axis=1))
+    n = len(valid)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo, hi = boxes[valid, 0].T.copy(), boxes[valid, 1].T.copy()  # (3, n): one contiguous row per axis
+    best = None
+    for axis in range(3):
+        order = np.argsort(lo[axis], kind="stable")
+        end = np.searchsorted(lo[axis, order], hi[axis, order], side="right")  # candidates: ranks (r, end)
+        count = np.maximum(end - np.arange(n) - 1, 0)
+        if best is None or count.sum() < best[2].sum():
+            best = (axis, order, count)
+    axis, order, count = best
+    # along the sweep axis a candidate starts within the box (and ends after its start): test the others only
+    others = [ax for ax in range(3) if ax != axis]
+    cls = None if classes is None else np.asarray(classes)[valid]
+    found_a, found_b = [], []
+    total = np.cumsum(count)
+    first = 0
+    while first < n:  # ranks [first, last) hold about `chunk` candidates (at least one rank)
+        last = max(int(np.searchsorted(total, (total[first - 1] if first else 0) + chunk, side="right")), first + 1)
+        last = min(last, n)
+        per = count[first:last]
+        rank_i = np.repeat(np.arange(first, last), per)
+        # candidate ranks rank+1 .. end-1: an arange restarted at every rank
+        rank_j = np.arange(rank_i.size) - np.repeat(np.cumsum(per) - per, per) + rank_i + 1
+        i, j = order[rank_i], order[rank_j]
+        for ax in others:  # axis by axis, each on the survivors of the last
+            ok = (lo[ax, j] <= hi[ax, i]) & (lo[ax, i] <= hi[ax, j])
+            i, j = i[ok], j[ok]
+        if cls is not None:
+            ok = cls[i] == cls[j]
+            i, j = i[ok], j[ok]
+        found_a.append(np.minimum(i, j))
+        found_b.append(np.maximum(i, j))
+        first = last
+    a, b = valid[np.concatenate(found_a)], valid[np.concatenate(found_b)]
+    sort = np.lexsort((b, a))
+    return a[sort].astype(np.int64), b[sort].astype(np.int64)
+
+
+_UNIT_CORNERS = box_corners(np.zeros(3), np.ones(3)).astype(bool)  # (8, 3): which corners take the max
+
+
+def weak_links(models: np.ndarray, groups: np.ndarray, boxes: np.ndarray, pairs=None,
+               classes: np.ndarray | None = None) -> MatchGraph:
     """Weak links between groups: 8 corners of each metadata overlap box, under both tiles' models.
 
     Parameters
     ----------
     boxes : ndarray (n_tiles, 2, 3)
         World box (min, max; xyz) of every tile under its metadata registration.
-    pairs : iterable of (int, int)
-        Tile pairs allowed to be linked (same time point); those in one group are skipped.
+    pairs : iterable of (int, int), optional
+        Tile pairs allowed to be linked; those in one group or whose boxes do
+        not overlap are skipped. Default: the pairs whose boxes overlap
+        (:func:`overlapping_box_pairs`, of the same ``classes`` if given).
+    classes : ndarray (n_tiles,), optional
+        With the default pairs: link only tiles of the same class (time point).
     """
-    links = []
-    for a, b in pairs:
-        if groups[a] == groups[b]:
-            continue
-        lo, hi = np.maximum(boxes[a, 0], boxes[b, 0]), np.minimum(boxes[a, 1], boxes[b, 1])
-        if np.any(lo > hi):
-            continue
-        corners = box_corners(lo, hi)
-        pa = corners @ models[a, :, :3].T + models[a, :, 3]
-        pb = corners @ models[b, :, :3].T + models[b, :, 3]
-        links.append((int(groups[a]), int(groups[b]), pa, pb, np.ones(8)))
     n_groups = int(groups.max()) + 1 if len(groups) else 0
-    return MatchGraph.from_links(n_groups, links, weak=[True] * len(links))
+    boxes = np.asarray(boxes, np.float64)
+    if pairs is None:
+        a, b = overlapping_box_pairs(boxes, classes)
+    else:
+        ab = np.asarray(list(pairs) if not isinstance(pairs, np.ndarray) else pairs, np.int64).reshape(-1, 2)
+        a, b = ab[:, 0], ab[:, 1]
+    apart = groups[a] != groups[b]
+    a, b = a[apart], b[apart]
+    lo, hi = np.maximum(boxes[a, 0], boxes[b, 0]), np.minimum(boxes[a, 1], boxes[b, 1])
+    ok = ~np.any(lo > hi, axis=1)
+    a, b, lo, hi = a[ok], b[ok], lo[ok], hi[ok]
+    corners = np.where(_UNIT_CORNERS, hi[:, None, :], lo[:, None, :])  # (k, 8, 3)
+    pa = corners @ np.swapaxes(models[a, :, :3], 1, 2) + models[a, None, :, 3]
+    pb = corners @ np.swapaxes(models[b, :, :3], 1, 2) + models[b, None, :, 3]
+    # as MatchGraph.from_links: one link per pair of groups (lower first), tile pairs merged in order
+    ga, gb = groups[a].astype(np.int64), groups[b].astype(np.int64)
+    flip = ga > gb
+    ga, gb = np.where(flip, gb, ga), np.where(flip, ga, gb)
+    pa, pb = np.where(flip[:, None, None], pb, pa), np.where(flip[:, None, None], pa, pb)
+    order = np.lexsort((gb, ga))  # stable: tile pairs of one link keep their order
+    ga, gb, pa, pb = ga[order], gb[order], pa[order], pb[order]
+    new = np.ones(len(ga), bool)
+    new[1:] = (ga[1:] != ga[:-1]) | (gb[1:] != gb[:-1])
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.append(starts, len(ga)))
+    return MatchGraph(
+        n_tiles=n_groups, link_a=ga[starts], link_b=gb[starts],
+        offsets=np.concatenate([[0], 8 * np.cumsum(counts)]).astype(np.int64),
+        points_a=pa.reshape(-1, 3), points_b=pb.reshape(-1, 3), weights=np.ones(8 * len(ga)),
+        weak=np.ones(len(starts), bool), observations=24.0 * counts,
+    )
 
 
 def optimize(graph: MatchGraph, fixed: np.ndarray, settings: SolverSettings,
-             boxes: np.ndarray | None = None, weak_pairs=None) -> Optimum:
+             boxes: np.ndarray | None = None, weak_pairs=None, weak_classes: np.ndarray | None = None) -> Optimum:
     """Solve the tile models of a match graph.
 
     Parameters
@@ -321,7 +413,11 @@ def optimize(graph: MatchGraph, fixed: np.ndarray, settings: SolverSettings,
     boxes : ndarray (n_tiles, 2, 3), optional
         Metadata world boxes, needed for the second round.
     weak_pairs : list of (int, int), optional
-        Tile pairs whose overlaps may give weak links (default: all pairs).
+        Tile pairs whose overlaps may give weak links (default: the pairs whose
+        boxes overlap, found only if round 1 leaves a group without a fixed tile).
+    weak_classes : ndarray (n_tiles,), optional
+        With the default ``weak_pairs``: weak links only between tiles of the
+        same class (e.g. time point).
 
     Returns
     -------
@@ -339,24 +435,26 @@ def optimize(graph: MatchGraph, fixed: np.ndarray, settings: SolverSettings,
     fixed_groups[groups[fixed]] = True
     floating = np.flatnonzero(~fixed_groups[groups])
     if settings.two_round and floating.size and boxes is not None:
-        if weak_pairs is None:
-            weak_pairs = [(a, b) for a in range(graph.n_tiles) for b in range(a + 1, graph.n_tiles)]
-        opt.weak = weak_links(models, groups, boxes, weak_pairs)
+        opt.weak = weak_links(models, groups, boxes, weak_pairs, weak_classes)
         linked = np.zeros(len(fixed_groups), bool)
         linked[opt.weak.link_a] = linked[opt.weak.link_b] = True
         group_models, stats, _ = _solve(opt.weak, fixed_groups, settings, None)
         opt.stats.append(("round 2 (weak links)", stats))
         models = _compose(group_models[groups], models)
-        opt.placed_by_metadata = [int(t) for t in floating if linked[groups[t]] and _reached(opt.weak, fixed_groups,
-                                                                                             groups[t])]
-    opt.unplaced = [int(t) for t in floating if t not in set(opt.placed_by_metadata)]
+        reached = _reached(opt.weak, fixed_groups)
+        opt.placed_by_metadata = [int(t) for t in floating if linked[groups[t]] and reached[groups[t]]]
+    placed = set(opt.placed_by_metadata)
+    opt.unplaced = [int(t) for t in floating if t not in placed]
     opt.models = models
     return opt
 
 
-def _reached(weak: MatchGraph, fixed_groups: np.ndarray, group: int) -> bool:
+def _reached(weak: MatchGraph, fixed_groups: np.ndarray) -> np.ndarray:
+    """Whether every group is joined to a fixed group by weak links, bool (n_groups,)."""
     labels = components(weak.n_tiles, weak.link_a, weak.link_b)
-    return bool(fixed_groups[labels == labels[group]].any())
+    has_fixed = np.zeros(int(labels.max()) + 1 if len(labels) else 0, bool)
+    has_fixed[labels[fixed_groups]] = True
+    return has_fixed[labels]
 
 
 def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ point pairs per tile that have exactly the tile's weighted moments.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -87,7 +88,9 @@ and even the affine's 40,000 solve slower per step by LU (4 s to factorise,
 CG_RTOL = 1e-12
 """Relative residual at which conjugate gradients stop."""
 CG_TRY_MAXITER = 2_000
-"""Most conjugate-gradient iterations of a solve that may fail (Newton's step of a rigid solve, possibly indefinite)."""
+"""Most conjugate-gradient iterations of a solve that may fail (Newton's step of a rigid solve, possibly indefinite).
+
+Conjugate gradients stop at once at a direction of negative curvature (the matrix is not positive definite)."""
 
 
 def _splu(a: sp.spmatrix):
@@ -110,9 +113,11 @@ def factorize(a: sp.spmatrix, block: int, coarse: sp.spmatrix | None = None, exa
     Parameters
     ----------
     exact_fallback : bool
-        Where conjugate gradients do not converge (within ``20 n`` iterations),
-        solve by the exact factorisation, however slow; if false, stop after
-        :data:`CG_TRY_MAXITER` iterations and raise ``RuntimeError``.
+        Where conjugate gradients do not converge (within ``20 n`` iterations,
+        or meet a direction of negative curvature), solve by the exact
+        factorisation, however slow; if false, stop after
+        :data:`CG_TRY_MAXITER` iterations, or at the first direction of
+        negative curvature (``a`` is not positive definite), and raise ``RuntimeError``.
     rtol : float
         Relative residual at which conjugate gradients stop (an inexact Newton
         step needs less than the default :data:`CG_RTOL`).
@@ -170,7 +175,11 @@ def _dot(x: np.ndarray, y: np.ndarray) -> float:
 
 def _pcg(a: sp.csr_matrix, b: np.ndarray, x0: np.ndarray, precond, maxiter: int,
          rtol: float = CG_RTOL) -> tuple[np.ndarray, bool]:
-    """Preconditioned conjugate gradients from ``x0`` until ``|b - a x| <= rtol |b|``: ``(x, converged)``."""
+    """Preconditioned conjugate gradients from ``x0`` until ``|b - a x| <= rtol |b|``: ``(x, converged)``.
+
+    A direction ``p`` with ``p . a p <= 0`` proves ``a`` is not positive definite:
+    the iteration stops there, not converged.
+    """
     x = x0.copy()
     r = b - a @ x
     target = rtol * np.sqrt(_dot(b, b))
@@ -181,7 +190,10 @@ def _pcg(a: sp.csr_matrix, b: np.ndarray, x0: np.ndarray, precond, maxiter: int,
         if np.sqrt(_dot(r, r)) <= target:
             return x, True
         ap = a @ p
-        alpha = rz / _dot(p, ap)
+        curvature = _dot(p, ap)
+        if not curvature > 0:  # negative curvature (or NaN): not positive definite
+            return x, False
+        alpha = rz / curvature
         x += alpha * p
         r -= alpha * ap
         z = precond(r)
@@ -345,8 +357,8 @@ def solve_rigid(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray
     Each step perturbs tile ``i`` as ``y -> y + omega_i x (y - c_i) + delta_i``
     (``c_i`` its centre, world units), minimises the second-order expansion of
     ``E`` over the 6 parameters of every free tile (one sparse solve; the
-    Gauss-Newton matrix plus the rotations' curvature, or Gauss-Newton's alone
-    where that step would not descend), then applies the exact rotation
+    Gauss-Newton matrix plus the rotations' curvature, or plus its positive
+    part where that step would not descend), then applies the exact rotation
     ``exp([omega]x)`` so models stay rigid. A step that would raise ``E`` is
     halved. Beyond :data:`DIRECT_MAX` unknowns the solves are conjugate
     gradients with a coarse space of the rigid motions of blocks of tiles.
@@ -372,7 +384,8 @@ def solve_rigid(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray
         normal = normal + sp.diags(1e-12 * normal.diagonal().max(initial=1.0) * np.ones(normal.shape[0]))
         rhs = -(qb.T @ m)
         qm = q @ m
-        theta = _descent_step(normal, _rotation_curvature(models[fi], centers[fi], qm.reshape(-1, 12)[fi]), rhs, coarse)
+        curvature = partial(_rotation_curvature, models[fi], centers[fi], qm.reshape(-1, 12)[fi])
+        theta = _descent_step(normal, curvature, rhs, coarse)
         step = 1.0
         while True:
             new = _apply_rigid_step(models, fi, step * theta.reshape(-1, 6), centers)
@@ -389,18 +402,27 @@ def solve_rigid(n_tiles, link_a, link_b, moments: LinkMoments, fixed: np.ndarray
     return models, SolveStats(max_iterations, change, False)
 
 
-def _descent_step(normal: sp.csr_matrix, curvature: sp.csr_matrix, rhs: np.ndarray, coarse) -> np.ndarray:
-    """Newton's step (``normal + curvature``) where it is a descent direction, else Gauss-Newton's (``normal``).
+def _descent_step(normal: sp.csr_matrix, curvature, rhs: np.ndarray, coarse) -> np.ndarray:
+    """Newton's step (``normal + curvature()``) where it is a descent direction, else that of its clipped matrix.
 
-    Far from the optimum Newton's matrix may be indefinite; its step is kept only
-    if it solves and points downhill (``rhs . theta > 0``, ``rhs`` minus half the gradient).
+    Far from the optimum Newton's matrix may be indefinite (conjugate gradients
+    stop at its first direction of negative curvature); its step is kept only
+    if it solves and points downhill (``rhs . theta > 0``, ``rhs`` minus half
+    the gradient). Else the rotations' curvature is clipped to positive
+    semi-definite (``curvature(clip=True)``): ``normal`` plus that is positive
+    definite, so its step descends (Gauss-Newton's, ``normal`` alone, is the
+    last resort should rounding spoil it). Near the optimum the unclipped
+    matrix is used: it converges quadratically, the clipped one only linearly.
     """
     try:
-        theta = factorize(normal + curvature, 6, coarse, exact_fallback=False)(rhs)
+        theta = factorize(normal + curvature(), 6, coarse, exact_fallback=False)(rhs)
         if np.isfinite(theta).all() and rhs @ theta > 0:
             return theta
     except RuntimeError:
         pass
+    theta = factorize(normal + curvature(clip=True), 6, coarse)(rhs)
+    if np.isfinite(theta).all() and rhs @ theta > 0:
+        return theta
     return factorize(normal, 6, coarse)(rhs)
 
 
@@ -452,15 +474,16 @@ def _rigid_coarse_space(centers: np.ndarray, free: np.ndarray, link_a: np.ndarra
     return block_prolongation(p, block, len(mean))
 
 
-def _rotation_curvature(models: np.ndarray, centers: np.ndarray, gradient: np.ndarray) -> sp.csr_matrix:
-    """The second-order term of ``E`` in the rotations, per tile, clipped to positive semi-definite, (6f, 6f).
+def _rotation_curvature(models: np.ndarray, centers: np.ndarray, gradient: np.ndarray,
+                        clip: bool = False) -> sp.csr_matrix:
+    """The second-order term of ``E`` in the rotations, per tile (``clip``: clipped to semi-definite), (6f, 6f).
 
     Along ``omega``, ``d^2 exp([omega]x) = [omega]x^2 = omega omega^T - |omega|^2 I``, so
     ``m^T Q d^2 m = omega^T H omega`` with ``H = sym(S G^T) - tr(G^T S) I``
     (``S = [A | t - c]``, ``G`` the tile's rows of ``Q m`` as 3x4). Added to the
     Gauss-Newton matrix it gives Newton's, which converges quadratically where
-    wrong links leave large residuals; clipping its negative eigenvalues keeps the
-    step a descent direction.
+    wrong links leave large residuals; clipping its negative eigenvalues to 0
+    makes Newton's matrix positive definite, so its step a descent direction.
     """
     f = len(models)
     shifted = models.copy()
@@ -468,8 +491,9 @@ def _rotation_curvature(models: np.ndarray, centers: np.ndarray, gradient: np.nd
     g = np.swapaxes(gradient.reshape(f, 4, 3), 1, 2)  # index 3 c + r -> (r, c)
     sg = shifted @ np.swapaxes(g, 1, 2)
     h = 0.5 * (sg + np.swapaxes(sg, 1, 2)) - np.trace(sg, axis1=1, axis2=2)[:, None, None] * np.eye(3)
-    lam, u = np.linalg.eigh(h)
-    h = (u * lam[:, None, :]) @ np.swapaxes(u, 1, 2)
+    if clip:
+        lam, u = np.linalg.eigh(h)
+        h = (u * np.clip(lam, 0.0, None)[:, None, :]) @ np.swapaxes(u, 1, 2)
     blocks = np.zeros((f, 6, 6))
     blocks[:, :3, :3] = h
     return sp.bsr_matrix((blocks, np.arange(f), np.arange(f + 1)), shape=(6 * f, 6 * f)).tocsr()
