@@ -59,7 +59,8 @@ def _ec2_cluster_class():
         from dask_cloudprovider.aws import EC2Cluster
     except ImportError:
         raise UserError(
-            "pipelines.aws needs dask-cloudprovider: pip install 'rhapso-gpu[aws]' (or use --dry-run)"
+            "pipelines.aws needs dask-cloudprovider: from the repository, scripts/setup.sh aws "
+            "or pip install -e '.[aws]' (or use --dry-run)"
         ) from None
     return EC2Cluster
 
@@ -68,7 +69,9 @@ def _ec2_client(region: str):
     try:
         import boto3
     except ImportError:
-        raise UserError("pipelines.aws needs boto3: pip install 'rhapso-gpu[aws]'") from None
+        raise UserError(
+            "pipelines.aws needs boto3: from the repository, scripts/setup.sh aws or pip install -e '.[aws]'"
+        ) from None
     return boto3.client("ec2", region_name=region)
 
 

@@ -63,7 +63,7 @@ class AwsClusterConfig(BaseModel):
     n_workers: int = Field(2, ge=1, le=1000, description="worker instances (one dask_cuda.CUDAWorker each)")
     ami: str | None = Field(None, description="AMI id; default: dask-cloudprovider's Ubuntu image")
     bootstrap: bool = Field(True, description="install Docker and NVIDIA drivers at boot (false for a GPU AMI)")
-    docker_image: str = Field(description="image with rhapso-gpu[gpu] and dask-cuda (docker/Dockerfile.gpu)")
+    docker_image: str = Field(description="image with rhapso-gpu, its gpu extra and dask-cuda (docker/Dockerfile.gpu)")
     security_group: str = Field(
         "create", description="'create' (a group for this run, limited to allowed_cidr) or an existing sg-... id"
     )

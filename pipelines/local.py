@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dask.utils import parse_bytes
 from rich.console import Console
 
 from pipelines._run import entry_point, load_plan, run_plan
 from rhapso_gpu.backend import gpu_available
-from rhapso_gpu.errors import UserError
-from rhapso_gpu.scheduler import open_cluster
+from rhapso_gpu.scheduler import open_cluster, validate_compute_options
 
 
 def cluster_spec() -> str:
@@ -52,15 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body(console: Console) -> None:
-        if args.workers is not None and args.workers < 1:
-            raise UserError(f"--workers {args.workers}: expected at least 1")
-        if args.threads_per_worker < 1:
-            raise UserError(f"--threads-per-worker {args.threads_per_worker}: expected at least 1")
-        if args.memory_limit is not None:
-            try:
-                parse_bytes(args.memory_limit)
-            except ValueError:
-                raise UserError(f"--memory-limit '{args.memory_limit}': expected a size like 4GB") from None
+        validate_compute_options(args.workers, args.threads_per_worker, args.memory_limit)  # before reading files
         pipeline = load_plan(args.pipeline)
         with open_cluster(cluster_spec(), n_workers=args.workers, threads_per_worker=args.threads_per_worker,
                           memory_limit=args.memory_limit, progress=False if args.quiet else None) as cluster:

@@ -17,6 +17,12 @@ a code change.
 ``tcp://host:port``
     An existing scheduler, e.g. on AWS, with ``dask cuda worker`` processes.
 
+Options
+-------
+``--workers``, ``--threads-per-worker`` and ``--memory-limit`` are checked by
+:func:`validate_compute_options` (which :func:`open_cluster` calls), so a bad
+value is the same one-line error in every command.
+
 Progress
 --------
 :meth:`Cluster.compute` shows a progress bar with an ETA on stderr, labelled
@@ -28,6 +34,7 @@ on or off.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import sys
 from collections.abc import Iterator
@@ -37,6 +44,7 @@ from typing import Any
 
 import dask
 from dask.callbacks import Callback
+from dask.utils import parse_bytes
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -161,6 +169,41 @@ class _TaskCounter(Callback):
         self._bar.advance(self._task)
 
 
+def validate_compute_options(
+    n_workers: int | None = None, threads_per_worker: int = 1, memory_limit: str | None = None
+) -> None:
+    """Check ``--workers``, ``--threads-per-worker`` and ``--memory-limit`` (None means the default).
+
+    Raises
+    ------
+    UserError
+        For a count below 1 (``--workers 0`` does not mean "all cores": leave
+        it out for that) or a memory limit that is not a size like ``4GB``
+        (or ``auto``).
+    """
+    if n_workers is not None and not _is_count(n_workers):
+        raise UserError(f"--workers: {n_workers!r} is not a number of workers (expected 1 or more; "
+                        "leave it out for one per core)")
+    if not _is_count(threads_per_worker):
+        raise UserError(f"--threads-per-worker: {threads_per_worker!r} is not a number of threads (expected 1 or more)")
+    if memory_limit is not None and str(memory_limit).strip() != "auto" and not _is_size(memory_limit):
+        raise UserError(f"--memory-limit: {str(memory_limit)!r} is not a size like 4GB")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _is_size(text) -> bool:
+    text = str(text).strip()
+    if not any(c.isdigit() for c in text):  # parse_bytes("") is 1 byte
+        return False
+    try:
+        return parse_bytes(text) >= 1
+    except (ValueError, TypeError):
+        return False
+
+
 def _default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
@@ -196,10 +239,12 @@ def open_cluster(
     Raises
     ------
     UserError
-        For an unknown spec, an unreachable scheduler or ``local-cuda``
+        For an unknown spec, bad options (:func:`validate_compute_options`),
+        an unreachable scheduler or one without workers, or ``local-cuda``
         without GPUs.
     """
     spec = str(spec).strip()
+    validate_compute_options(n_workers, threads_per_worker, memory_limit)
     if spec in ("synchronous", "threads"):
         n = 1 if spec == "synchronous" else (n_workers or _default_workers())
         yield from _opened(Cluster(spec=spec, n_workers=n, progress=progress))
@@ -249,7 +294,8 @@ def _local_cuda_cluster(memory_limit, progress):
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:
-        raise UserError("--cluster local-cuda: dask-cuda is not installed (pip install 'rhapso-gpu[gpu]')") from None
+        raise UserError("--cluster local-cuda: dask-cuda is not installed (from the repository: "
+                        "scripts/setup.sh gpu, or pip install -e '.[gpu]')") from None
     from distributed import Client
 
     kwargs: dict[str, Any] = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
@@ -270,7 +316,14 @@ def _remote_cluster(address: str, timeout: float, progress: bool | None):
     try:
         n = len(client.scheduler_info()["workers"])
         if n == 0:
-            client.wait_for_workers(1, timeout=timeout)
+            try:
+                client.wait_for_workers(1, timeout=timeout)
+            except TimeoutError:  # distributed's WorkerStartTimeoutError
+                raise UserError(
+                    f"--cluster {address}: the dask scheduler at that address has no workers (none joined within "
+                    f"{timeout:g} s); start one on each machine with 'dask worker {address}' "
+                    f"('dask cuda worker {address}' on GPU machines)"
+                ) from None
             n = len(client.scheduler_info()["workers"])
         yield from _opened(Cluster(spec=address, client=client, n_workers=n, progress=progress))
     finally:

@@ -363,5 +363,5 @@ def test_without_dask_cloudprovider_a_real_run_is_a_one_line_error(tmp_path, pip
     cluster = write_yaml(tmp_path / "cluster.yml", CLUSTER)
     assert aws.main([cluster, pipeline_on_s3]) == 2
     assert capsys.readouterr().err == (
-        "pipelines.aws: error: pipelines.aws needs dask-cloudprovider: pip install 'rhapso-gpu[aws]' "
-        "(or use --dry-run)\n")
+        "pipelines.aws: error: pipelines.aws needs dask-cloudprovider: from the repository, scripts/setup.sh aws "
+        "or pip install -e '.[aws]' (or use --dry-run)\n")

@@ -67,11 +67,14 @@ def test_pipeline_on_two_worker_processes(tmp_path, capsys):
 @pytest.mark.parametrize(
     "option,message",
     [
-        (["--memory-limit", "4XB"], "--memory-limit '4XB': expected a size like 4GB"),
-        (["--workers", "0"], "--workers 0: expected at least 1"),
+        (["--memory-limit", "4XB"], "--memory-limit: '4XB' is not a size like 4GB"),
+        (["--workers", "0"],
+         "--workers: 0 is not a number of workers (expected 1 or more; leave it out for one per core)"),
+        (["--threads-per-worker", "0"], "--threads-per-worker: 0 is not a number of threads (expected 1 or more)"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, option, message):
+    # the same check as every rhapso-gpu command (rhapso_gpu.scheduler.validate_compute_options), before any file
     pipeline = tmp_path / "pipeline.yml"
     pipeline.write_text(PIPELINE)
     proc = subprocess.run([sys.executable, "-m", "pipelines.local", str(pipeline), *option],

