@@ -119,3 +119,12 @@ def test_the_errors_already_handled_keep_their_messages(tmp_path):
         storage.read_bytes(str(tmp_path), what="dataset XML")
     with pytest.raises(UserError, match="cannot write it \\(is a folder\\)"):
         storage.write_bytes_atomic(str(tmp_path), b"x")
+
+
+@pytest.mark.parametrize("target", ["plain.txt", "plain.txt/sub"])
+def test_synth_into_a_file_or_under_one_is_a_one_line_error(tmp_path, capsys, target):
+    (tmp_path / "plain.txt").write_text("keep me")
+    assert main(["synth", str(tmp_path / target), "--tiles", "1x1x1", "--cluster", "synchronous"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "plain.txt is a file, not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "plain.txt").read_text() == "keep me"

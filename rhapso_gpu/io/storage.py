@@ -206,6 +206,16 @@ def _write_error(location: str, path: str, err: OSError) -> UserError:
     return UserError(f"{location}: cannot write it ({err.strerror or err})")
 
 
+def check_folder(location: str, what: str = "output folder") -> None:
+    """Raise a :class:`UserError` when local ``location`` is, or lies under, a regular file (remote: no check)."""
+    if is_remote(location):
+        return
+    path = os.path.abspath(os.path.expanduser(location))
+    above = path if os.path.lexists(path) and not os.path.isdir(path) else _file_above(path)
+    if above:
+        raise UserError(f"{location}: cannot be the {what}: {above} is a file, not a folder")
+
+
 def _file_above(path: str) -> str | None:
     """The nearest parent of local ``path`` that exists and is not a folder, if any."""
     folder = os.path.dirname(path)

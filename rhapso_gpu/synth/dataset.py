@@ -177,7 +177,9 @@ def _element(tag: str, values) -> ET.Element:
 
 
 def check_target(out_dir: str) -> None:
-    """Refuse an output folder whose ``dataset.xml`` synth did not write (so it is never overwritten)."""
+    """Refuse an output folder whose ``dataset.xml`` synth did not write (so it is never overwritten), or that
+    is a file or lies under one."""
+    storage.check_folder(out_dir, "synth output folder")
     xml, truth = storage.join(out_dir, XML_NAME), storage.join(out_dir, TRUTH_NAME)
     if storage.exists(xml) and not storage.exists(truth):
         raise UserError(
