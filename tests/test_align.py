@@ -141,7 +141,7 @@ def test_parameter_templates_are_valid_and_state_the_defaults(name):
         return
     params = load_params(AlignParams, str(path))
     raw = yaml.safe_load(path.read_text())
-    assert (raw["strategy"], raw["auto_max_rms"]) == (AlignParams().strategy, AlignParams().auto_max_rms) == ("auto", 1)
+    assert (raw["strategy"], raw["auto_max_rms"]) == (AlignParams().strategy, AlignParams().auto_max_rms) == ("auto", 0.5)
     for stage in STAGES:
         for path_name in PATHS:
             assert params.stage(stage, path=path_name) == AlignParams().stage(stage, path=path_name)
