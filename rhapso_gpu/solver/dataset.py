@@ -175,6 +175,10 @@ def solve_dataset(spim: SpimData, params: SolveParams, views: list[ViewId] | Non
     return solved
 
 
+SELECT_TRIM = 3.0
+"""Matches whose rigid residual exceeds this many times the median are left out of the model F-test."""
+
+
 def select_model(affine: Optimum, rigid: Optimum, p_value: float) -> dict:
     """F-test of the affine against the rigid solution on the links both kept.
 
@@ -184,16 +188,25 @@ def select_model(affine: Optimum, rigid: Optimum, p_value: float) -> dict:
     shift): the affine is chosen only when its 6 extra parameters per tile
     explain significantly more than noise. When ``N <= 12 m`` the affine is not
     determined by the links and the rigid is kept.
+
+    The test runs on the core of the matches, those whose rigid residual is at
+    most :data:`SELECT_TRIM` times the median (``N`` scaled by the share kept):
+    poorly localised points (blobs in tissue) give heavy tails that an affine
+    "explains" by bending the tiles, which the F-test's Gaussian noise would
+    take for a real affine (measured on beads+tissue 3x3x2: affine chosen, true
+    error 0.175 -> 0.215 px; with the core, rigid kept and 0.140 px).
     """
     keep = ~(affine.removed | rigid.removed)
     rows = np.repeat(keep, np.diff(affine.graph.offsets))
     w = affine.graph.weights[rows]
-    rss = {}
-    for name, opt in (("affine", affine), ("rigid", rigid)):
-        d = match_distances(opt.graph, opt.models)[rows]
-        rss[name] = float((w * d**2).sum())
+    distances = {name: match_distances(opt.graph, opt.models)[rows] for name, opt in (("affine", affine),
+                                                                                      ("rigid", rigid))}
+    core = distances["rigid"] <= SELECT_TRIM * np.median(distances["rigid"]) if rows.any() else np.zeros(0, bool)
+    rss = {name: float((w * d**2)[core].sum()) for name, d in distances.items()}
     moved = np.flatnonzero(np.abs(affine.models - IDENTITY).max(axis=(1, 2)) > 0)
-    m, n = max(len(moved), 1), float(affine.graph.observations[keep].sum())
+    m, observations = max(len(moved), 1), float(affine.graph.observations[keep].sum())
+    share = float(core.mean()) if core.size else 0.0
+    n = observations * share
     dof = n - 12 * m
     if dof <= 0:
         f_stat, p = float("nan"), 1.0  # the affine is not determined: keep the rigid
@@ -205,7 +218,7 @@ def select_model(affine: Optimum, rigid: Optimum, p_value: float) -> dict:
     # JSON has no NaN or infinity: F is null when the affine is undetermined or fits exactly
     return {"chosen": "affine" if p < p_value else "rigid",
             "F": round(f_stat, 4) if np.isfinite(f_stat) else None, "p": p,
-            "observations": n, "dof": dof,
+            "observations": observations, "core_share": round(share, 4), "dof": dof,
             "rss_affine": round(rss["affine"], 6), "rss_rigid": round(rss["rigid"], 6)}
 
 
