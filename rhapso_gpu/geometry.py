@@ -126,30 +126,81 @@ def overlapping_pairs(
 
     Notes
     -----
-    A sweep along x: sorting the boxes by their lower x bound makes the cost
-    O(n log n + k) for n views and k candidate pairs, so thousands of tiles are cheap.
+    The sweep of :func:`overlapping_box_pairs`, so thousands of tiles are cheap.
     """
     views = sorted(views if views is not None else spim.view_ids())
     if len(views) < 2:
         return []
-    boxes = np.array([np.concatenate(view_box_world(spim, v)) for v in views])  # (n, 6)
-    lo, hi = boxes[:, :3], boxes[:, 3:]
-    order = np.argsort(lo[:, 0], kind="stable")
-    sorted_lo_x = lo[order, 0]
-    pairs = []
-    for rank, i in enumerate(order):
-        end = np.searchsorted(sorted_lo_x, hi[i, 0] - min_extent, side="right")
-        cand = order[rank + 1 : end]
-        if cand.size == 0:
-            continue
-        extent = np.minimum(hi[i], hi[cand]) - np.maximum(lo[i], lo[cand])
-        ok = np.all(extent >= min_extent, axis=1) & np.all(extent >= 0, axis=1)
-        for j in cand[ok]:
-            a, b = sorted((views[i], views[j]))
-            if same_timepoint and a.timepoint != b.timepoint:
-                continue
-            pairs.append((a, b))
-    return sorted(pairs)
+    boxes = np.array([np.stack(view_box_world(spim, v)) for v in views])  # (n, 2, 3)
+    classes = np.array([v.timepoint for v in views]) if same_timepoint else None
+    a, b = overlapping_box_pairs(boxes, classes, min_extent=min_extent)
+    return [(views[i], views[j]) for i, j in zip(a.tolist(), b.tolist())]
+
+
+def overlapping_box_pairs(boxes: np.ndarray, classes: np.ndarray | None = None, min_extent: float = 0.0,
+                          chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of boxes that overlap (touching counts), ``a < b``, sorted.
+
+    A sweep: sorted by their lower bound along the axis that leaves the fewest
+    candidates, each box is tested only against the boxes that start before it
+    ends, in chunks of at most about ``chunk`` candidates. Cost O(n log n + c)
+    for ``c`` candidate pairs along the sweep axis, memory O(n + chunk + k) for
+    ``k`` overlapping pairs.
+
+    Parameters
+    ----------
+    boxes : ndarray (n, 2, 3)
+        Boxes (min, max; xyz), world units.
+    classes : ndarray (n,), optional
+        Pair only boxes of the same class (e.g. time point).
+    min_extent : float
+        Require the overlap to be at least this thick along every axis (world units).
+
+    Returns
+    -------
+    a, b : ndarray of int64 (k,)
+        Indices into ``boxes``.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 2, 3)
+    # a box empty along an axis (min > max, or NaN) overlaps nothing
+    valid = np.flatnonzero(np.all(boxes[:, 0] <= boxes[:, 1], axis=1))
+    n = len(valid)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo, hi = boxes[valid, 0].T.copy(), boxes[valid, 1].T.copy()  # (3, n): one contiguous row per axis
+    thick = max(float(min_extent), 0.0)
+    best = None
+    for axis in range(3):
+        order = np.argsort(lo[axis], kind="stable")
+        end = np.searchsorted(lo[axis, order], hi[axis, order] - thick, side="right")  # candidates: ranks (r, end)
+        count = np.maximum(end - np.arange(n) - 1, 0)
+        if best is None or count.sum() < best[2].sum():
+            best = (axis, order, count)
+    _, order, count = best
+    cls = None if classes is None else np.asarray(classes)[valid]
+    found_a, found_b = [], []
+    total = np.cumsum(count)
+    first = 0
+    while first < n:  # ranks [first, last) hold about `chunk` candidates (at least one rank)
+        last = max(int(np.searchsorted(total, (total[first - 1] if first else 0) + chunk, side="right")), first + 1)
+        last = min(last, n)
+        per = count[first:last]
+        rank_i = np.repeat(np.arange(first, last), per)
+        # candidate ranks rank+1 .. end-1: an arange restarted at every rank
+        rank_j = np.arange(rank_i.size) - np.repeat(np.cumsum(per) - per, per) + rank_i + 1
+        i, j = order[rank_i], order[rank_j]
+        for ax in range(3):  # axis by axis, each on the survivors of the last
+            ok = np.minimum(hi[ax, i], hi[ax, j]) - np.maximum(lo[ax, i], lo[ax, j]) >= thick
+            i, j = i[ok], j[ok]
+        if cls is not None:
+            ok = cls[i] == cls[j]
+            i, j = i[ok], j[ok]
+        found_a.append(np.minimum(i, j))
+        found_b.append(np.maximum(i, j))
+        first = last
+    a, b = valid[np.concatenate(found_a)], valid[np.concatenate(found_b)]
+    sort = np.lexsort((b, a))
+    return a[sort].astype(np.int64), b[sort].astype(np.int64)
 
 
 def propose_mipmap_factors(

@@ -12,10 +12,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from rhapso_gpu.geometry import box_corners
+from rhapso_gpu.geometry import box_corners, overlapping_box_pairs
 from rhapso_gpu.models import TransformModel
 from rhapso_gpu.solver import MatchGraph, SolverSettings, optimize
-from rhapso_gpu.solver.global_opt import MIN_MAX_ERROR, components, not_converged, overlapping_box_pairs, weak_links
+from rhapso_gpu.solver.global_opt import MIN_MAX_ERROR, components, not_converged, weak_links
 from rhapso_gpu.solver.linear import IDENTITY, _rotation, _rotation_curvature, virtual_points
 
 SPACING = np.array([100.0, 100.0, 60.0])

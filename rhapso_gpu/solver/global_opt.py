@@ -26,7 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from rhapso_gpu.errors import UserError
-from rhapso_gpu.geometry import box_corners
+from rhapso_gpu.geometry import box_corners, overlapping_box_pairs
 from rhapso_gpu.models import TransformModel
 from rhapso_gpu.solver.affine import solve_affine
 from rhapso_gpu.solver.graph import LinkMoments, MatchGraph, link_moments, match_distances
@@ -281,71 +281,6 @@ def _round_one(graph: MatchGraph, fixed: np.ndarray, settings: SolverSettings, o
     opt.removed = ~keep
     opt.anchors = anchors
     return models
-
-
-def overlapping_box_pairs(boxes: np.ndarray, classes: np.ndarray | None = None,
-                          chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of tiles whose boxes overlap (touching counts), ``a < b``, sorted.
-
-    The sweep of :func:`rhapso_gpu.geometry.overlapping_pairs`, on boxes given
-    as an array (that one reads views' boxes from a dataset): sorted by their
-    lower bound along the axis that leaves the fewest candidates, each box is
-    tested only against the boxes that start before it ends, in chunks of at
-    most about ``chunk`` candidates. Cost O(n log n + c) for ``c`` candidate
-    pairs along the sweep axis, memory O(n + chunk + k) for ``k`` overlapping pairs.
-
-    Parameters
-    ----------
-    boxes : ndarray (n, 2, 3)
-        Boxes (min, max; xyz).
-    classes : ndarray (n,), optional
-        Pair only tiles of the same class (e.g. time point).
-
-    Returns
-    -------
-    a, b : ndarray of int64 (k,)
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 2, 3)
-    # a box empty along an axis (min > max, or NaN) overlaps nothing
-    valid = np.flatnonzero(np.all(boxes[:, 0] <= boxes[:, 1], axis=1))
-    n = len(valid)
-    if n < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    lo, hi = boxes[valid, 0].T.copy(), boxes[valid, 1].T.copy()  # (3, n): one contiguous row per axis
-    best = None
-    for axis in range(3):
-        order = np.argsort(lo[axis], kind="stable")
-        end = np.searchsorted(lo[axis, order], hi[axis, order], side="right")  # candidates: ranks (r, end)
-        count = np.maximum(end - np.arange(n) - 1, 0)
-        if best is None or count.sum() < best[2].sum():
-            best = (axis, order, count)
-    axis, order, count = best
-    # along the sweep axis a candidate starts within the box (and ends after its start): test the others only
-    others = [ax for ax in range(3) if ax != axis]
-    cls = None if classes is None else np.asarray(classes)[valid]
-    found_a, found_b = [], []
-    total = np.cumsum(count)
-    first = 0
-    while first < n:  # ranks [first, last) hold about `chunk` candidates (at least one rank)
-        last = max(int(np.searchsorted(total, (total[first - 1] if first else 0) + chunk, side="right")), first + 1)
-        last = min(last, n)
-        per = count[first:last]
-        rank_i = np.repeat(np.arange(first, last), per)
-        # candidate ranks rank+1 .. end-1: an arange restarted at every rank
-        rank_j = np.arange(rank_i.size) - np.repeat(np.cumsum(per) - per, per) + rank_i + 1
-        i, j = order[rank_i], order[rank_j]
-        for ax in others:  # axis by axis, each on the survivors of the last
-            ok = (lo[ax, j] <= hi[ax, i]) & (lo[ax, i] <= hi[ax, j])
-            i, j = i[ok], j[ok]
-        if cls is not None:
-            ok = cls[i] == cls[j]
-            i, j = i[ok], j[ok]
-        found_a.append(np.minimum(i, j))
-        found_b.append(np.maximum(i, j))
-        first = last
-    a, b = valid[np.concatenate(found_a)], valid[np.concatenate(found_b)]
-    sort = np.lexsort((b, a))
-    return a[sort].astype(np.int64), b[sort].astype(np.int64)
 
 
 _UNIT_CORNERS = box_corners(np.zeros(3), np.ones(3)).astype(bool)  # (8, 3): which corners take the max
