@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from types import ModuleType
 
@@ -12,7 +11,7 @@ from scipy.spatial import cKDTree
 from rhapso_gpu.matching.descriptors import find_candidates
 from rhapso_gpu.matching.icp import IcpParams, icp
 from rhapso_gpu.matching.ransac import RansacParams, RansacResult, ransac, residuals
-from rhapso_gpu.matching.significance import MAX_CHANCE_P, chance_log10_p
+from rhapso_gpu.matching.significance import chance_reason
 from rhapso_gpu.models import TransformModel, transform_points
 
 OFFSET_CONSENSUS = "offset-consensus"
@@ -178,10 +177,9 @@ def _validated(n: int, pa, pb, ma, mb, model: TransformModel, params: RansacPara
     src, dst = pa[xp.asarray(ma)], pb[xp.asarray(mb)]
     affine = model.fit(src, dst, None, xp)
     r = residuals(affine, src, dst, xp)
-    log10_p = chance_log10_p(transform_points(_host(affine), _host(pa)), _host(pb), _host(r), params.max_epsilon)
-    if log10_p > math.log10(MAX_CHANCE_P):
-        return _failed(n, f"{ma.size} matches, no more and no closer than unrelated points at this density "
-                       f"give by chance (p = {10**log10_p:.0e})")
+    chance = chance_reason(transform_points(_host(affine), _host(pa)), _host(pb), _host(r), params.max_epsilon)
+    if chance:
+        return _failed(n, chance)
     return PairMatch(n, ma, mb, _host(affine), float(xp.sqrt((r * r).mean())), ransac_inliers=inliers)
 
 

@@ -68,3 +68,12 @@ def chance_log10_p(mapped_a_xyz, points_b_xyz, residuals, max_epsilon: float) ->
         if k > 0:
             best = min(best, float(poisson.logsf(k - 1, mu)) / math.log(10))
     return min(0.0, best + math.log10(len(RADIUS_FRACTIONS)))
+
+
+def chance_reason(mapped_a_xyz, points_b_xyz, residuals, max_epsilon: float) -> str | None:
+    """Why matches are refused as chance (see :func:`chance_log10_p` for the arguments), or None if they are not."""
+    log10_p = chance_log10_p(mapped_a_xyz, points_b_xyz, residuals, max_epsilon)
+    if log10_p <= math.log10(MAX_CHANCE_P):
+        return None
+    return (f"{np.size(residuals)} matches, no more and no closer than unrelated points at this density give by "
+            f"chance (p = {10**log10_p:.0e})")

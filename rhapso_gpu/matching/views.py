@@ -11,7 +11,6 @@ views with the original point ids.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import dask
@@ -28,7 +27,7 @@ from rhapso_gpu.matching.grouping import Group, PointSet, pool, split_matches, v
 from rhapso_gpu.matching.icp import icp
 from rhapso_gpu.matching.pairwise import OFFSET_CONSENSUS, PairMatch, match_offsets, match_points
 from rhapso_gpu.matching.params import MatchParams
-from rhapso_gpu.matching.significance import MAX_CHANCE_P, chance_log10_p
+from rhapso_gpu.matching.significance import chance_reason
 
 
 @dataclass
@@ -184,10 +183,9 @@ def _icp_result(pa, pb, ia, ib, affine, params: MatchParams) -> PairMatch:
         need = max(params.transform_model().min_matches, params.min_inliers)
         return PairMatch(n, empty, empty, None, float("nan"), f"icp: {n} assignments, fewer than the {need} required")
     distance = np.linalg.norm(apply_affine(affine, pa[ia]) - pb[ib], axis=1)
-    log10_p = chance_log10_p(apply_affine(affine, pa), pb, distance, params.icp_max_distance)
-    if log10_p > math.log10(MAX_CHANCE_P):
-        return PairMatch(n, empty, empty, None, float("nan"), f"icp: {n} assignments, no more and no closer than "
-                         f"unrelated points at this density give by chance (p = {10**log10_p:.0e})")
+    chance = chance_reason(apply_affine(affine, pa), pb, distance, params.icp_max_distance)
+    if chance:
+        return PairMatch(n, empty, empty, None, float("nan"), f"icp: {chance}")
     return PairMatch(n, ia, ib, affine, float(np.sqrt((distance**2).mean())), ransac_inliers=n)
 
 
