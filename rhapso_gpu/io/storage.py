@@ -19,11 +19,11 @@ so other users (Fiji run by a colleague) can read what rhapso-gpu wrote.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import stat
 import tempfile
-import threading
 from typing import Any
 
 import fsspec
@@ -226,20 +226,9 @@ def _file_above(path: str) -> str | None:
     return None
 
 
-_umask_lock = threading.Lock()
-_umask_value: int | None = None
-
-
+@functools.cache
 def process_umask() -> int:
     """This process's umask, read once (from ``/proc/self/status`` where it is, else by setting and restoring it)."""
-    global _umask_value
-    with _umask_lock:
-        if _umask_value is None:
-            _umask_value = _read_umask()
-        return _umask_value
-
-
-def _read_umask() -> int:
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
